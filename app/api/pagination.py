@@ -1,0 +1,41 @@
+"""Cursor pagination shared by every list endpoint: opaque cursors over a monotonic id."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from pydantic import Field
+
+from app.api.problems import unprocessable
+from app.api.schema import QueryModel
+
+
+class PageQuery(QueryModel):
+    limit: int = Field(50, ge=1, le=500, description="page size, 1–500")
+    cursor: str | None = Field(None, max_length=200, description="next_cursor of the previous page")
+
+
+def encode_cursor(last_key: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"k": last_key}).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> Any:
+    """The key after which the next page starts; 422 naming `cursor` if it was tampered with."""
+    if cursor is None or cursor == "":
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        return json.loads(base64.urlsafe_b64decode(padded.encode()))["k"]
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise unprocessable("cursor", "not a cursor returned by this API") from None
+
+
+def page(items: list[dict[str, Any]], keys: list[Any], limit: int) -> dict[str, Any]:
+    """Build the contract's list shape from `limit + 1` fetched rows."""
+    has_more = len(items) > limit
+    items = items[:limit]
+    next_cursor = encode_cursor(keys[limit - 1]) if has_more else None
+    return {"items": items, "next_cursor": next_cursor}

@@ -1,0 +1,122 @@
+"""problem+json errors (RFC 9457): every 4xx/5xx body the API sends is built here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+PROBLEM_MIME = "application/problem+json"
+
+
+class ApiProblem(Exception):
+    """Raise from a view or service adapter to answer with a problem+json body."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str | None = None,
+        *,
+        errors: list[dict[str, str]] | None = None,
+        type_: str = "about:blank",
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail or title)
+        self.headers = headers or {}
+        self.status = status
+        self.title = title
+        self.detail = detail or title
+        self.errors = errors
+        self.type = type_
+        self.extra = extra
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    errors: list[dict[str, str]] | None = None,
+    type_: str = "about:blank",
+    **extra: Any,
+) -> Response:
+    body: dict[str, Any] = {"type": type_, "title": title, "status": status, "detail": detail}
+    if errors:
+        body["errors"] = errors
+    body.update(extra)
+    response = jsonify(body)
+    response.status_code = status
+    response.mimetype = PROBLEM_MIME
+    return response
+
+
+def validation_errors(exc: ValidationError, location: str = "body") -> list[dict[str, str]]:
+    """pydantic errors → [{"field", "message"}] with dotted field paths."""
+    errors = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err.get("loc", ()) if part != "__root__")
+        errors.append({"field": loc or location, "message": err.get("msg", "invalid value")})
+    return errors
+
+
+def unprocessable(field: str, message: str) -> ApiProblem:
+    """A 422 naming one field."""
+    return ApiProblem(
+        422,
+        "Unprocessable request",
+        f"{field}: {message}",
+        errors=[{"field": field, "message": message}],
+    )
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(ApiProblem)
+    def _api_problem(exc: ApiProblem) -> Response:
+        response = problem_response(
+            exc.status, exc.title, exc.detail, errors=exc.errors, type_=exc.type, **exc.extra
+        )
+        response.headers.update(exc.headers)
+        return response
+
+    @app.errorhandler(ValidationError)
+    def _validation(exc: ValidationError) -> Response:
+        errors = validation_errors(exc)
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return problem_response(422, "Unprocessable request", detail, errors=errors)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        response = problem_response(status, exc.name, exc.description or exc.name)
+        if status == 405 and exc.get_response().headers.get("Allow"):
+            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response
+
+    @app.errorhandler(OperationalError)
+    def _db_down(exc: OperationalError) -> Response:
+        log.warning("database unavailable: %s", exc.orig)
+        response = problem_response(
+            503, "Service unavailable", "the database is not reachable; retry later"
+        )
+        response.headers["Retry-After"] = "5"
+        return response
+
+    @app.errorhandler(DBAPIError)
+    def _db_error(exc: DBAPIError) -> Response:
+        if exc.connection_invalidated:
+            return _db_down(exc)  # type: ignore[arg-type]
+        log.exception("database error")
+        return problem_response(500, "Internal server error", "unexpected database error")
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return problem_response(500, "Internal server error", "unexpected error; see server logs")

@@ -1,0 +1,237 @@
+"""Request parsing and the OpenAPI document, from the same pydantic models.
+
+Views declare what they accept with `@documented(...)`; `parse_body`/`parse_query` validate
+with those models (422 naming the field), and `build_openapi` turns the declarations into
+the OpenAPI 3 document served at /openapi.json — one source, so docs cannot drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from flask import Flask, request
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from app.api.problems import ApiProblem, validation_errors
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base for request bodies: unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class QueryModel(BaseModel):
+    """Base for query strings: unknown parameters are ignored (browsers, caches add some)."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+
+def parse_body(model: type[M]) -> M:
+    """Validate the JSON body against `model`; 400 for non-JSON, 422 naming fields."""
+    data = request.get_json(silent=True)
+    if data is None:
+        raw = request.get_data(cache=True)
+        if raw.strip():
+            raise ApiProblem(
+                400,
+                "Bad request",
+                "request body is not valid JSON",
+                errors=[{"field": "body", "message": "not valid JSON"}],
+            )
+        data = {}
+    if not isinstance(data, dict):
+        raise ApiProblem(
+            422,
+            "Unprocessable request",
+            "request body must be a JSON object",
+            errors=[{"field": "body", "message": "must be a JSON object"}],
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = validation_errors(exc)
+        raise ApiProblem(
+            422,
+            "Unprocessable request",
+            "; ".join(f"{e['field']}: {e['message']}" for e in errors),
+            errors=errors,
+        ) from None
+
+
+def parse_query(model: type[M]) -> M:
+    """Validate the query string against `model`; 422 naming the parameter."""
+    data: dict[str, Any] = {}
+    for key in request.args:
+        values = request.args.getlist(key)
+        data[key] = values if len(values) > 1 else values[0]
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = validation_errors(exc, "query")
+        raise ApiProblem(
+            422,
+            "Unprocessable request",
+            "; ".join(f"{e['field']}: {e['message']}" for e in errors),
+            errors=errors,
+        ) from None
+
+
+@dataclass
+class RouteDoc:
+    summary: str
+    role: str | None
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    responses: dict[int, str] = field(default_factory=dict)
+    tag: str = "clm"
+
+
+def documented(
+    summary: str,
+    *,
+    role: str | None = None,
+    body: type[BaseModel] | None = None,
+    query: type[BaseModel] | None = None,
+    responses: dict[int, str] | None = None,
+    tag: str = "clm",
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Attach OpenAPI facts to a view function (read by `build_openapi`)."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        func.__clm_doc__ = RouteDoc(  # type: ignore[attr-defined]
+            summary, role, body, query, dict(responses or {200: "OK"}), tag
+        )
+        return func
+
+    return decorate
+
+
+_PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema()
+    required = set(schema.get("required", []))
+    params = []
+    for name, prop in schema.get("properties", {}).items():
+        prop = dict(prop)
+        prop.pop("title", None)
+        params.append({"name": name, "in": "query", "required": name in required, "schema": prop})
+    return params
+
+
+def build_openapi(app: Flask) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for every documented route of `app`."""
+    paths: dict[str, dict[str, Any]] = {}
+    components: dict[str, Any] = {"Problem": _PROBLEM_SCHEMA}
+    for rule in app.url_map.iter_rules():
+        view = app.view_functions.get(rule.endpoint)
+        doc: RouteDoc | None = getattr(view, "__clm_doc__", None)
+        if doc is None:
+            continue
+        path = str(rule.rule)
+        path_params = []
+        for arg in rule.arguments:
+            path = path.replace(f"<{arg}>", f"{{{arg}}}")
+            for conv in ("int", "string", "path"):
+                path = path.replace(f"<{conv}:{arg}>", f"{{{arg}}}")
+            path_params.append(
+                {"name": arg, "in": "path", "required": True, "schema": {"type": "string"}}
+            )
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            op: dict[str, Any] = {
+                "summary": doc.summary,
+                "operationId": f"{rule.endpoint}_{method.lower()}".replace(".", "_"),
+                "tags": [doc.tag],
+                "parameters": list(path_params),
+                "responses": {},
+            }
+            if doc.role:
+                op["security"] = [{"bearer": []}]
+                op["description"] = f"Requires role `{doc.role}` or higher."
+            if doc.query is not None:
+                op["parameters"] += _query_parameters(doc.query)
+            if doc.body is not None:
+                schema = doc.body.model_json_schema(ref_template="#/components/schemas/{model}")
+                for name, sub in schema.pop("$defs", {}).items():
+                    components[name] = sub
+                components[doc.body.__name__] = schema
+                op["requestBody"] = {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": f"#/components/schemas/{doc.body.__name__}"}
+                        }
+                    },
+                }
+            for status, description in doc.responses.items():
+                if status >= 400:
+                    op["responses"][str(status)] = {
+                        "description": description,
+                        "content": {
+                            "application/problem+json": {
+                                "schema": {"$ref": "#/components/schemas/Problem"}
+                            }
+                        },
+                    }
+                else:
+                    op["responses"][str(status)] = {
+                        "description": description,
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+            if doc.role:
+                for status, description in ((401, "Missing or bad token"), (403, "Role too low")):
+                    op["responses"].setdefault(
+                        str(status),
+                        {
+                            "description": description,
+                            "content": {
+                                "application/problem+json": {
+                                    "schema": {"$ref": "#/components/schemas/Problem"}
+                                }
+                            },
+                        },
+                    )
+            if doc.body is not None or doc.query is not None:
+                op["responses"].setdefault(
+                    "422",
+                    {
+                        "description": "Invalid input (the offending field is named)",
+                        "content": {
+                            "application/problem+json": {
+                                "schema": {"$ref": "#/components/schemas/Problem"}
+                            }
+                        },
+                    },
+                )
+            paths.setdefault(path, {})[method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "CLM — Continuous Learning Manager", "version": "3.1.0"},
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

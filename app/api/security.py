@@ -1,0 +1,62 @@
+"""Bearer-token authentication and role checks for views."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from flask import current_app, g, request
+
+from app.api.problems import ApiProblem
+from app.auth import TokenInfo, verify_token
+from app.db import transaction
+from app.models.registry import Role
+
+
+def current_actor(default: str = "anonymous") -> str:
+    token: TokenInfo | None = g.get("token")
+    return token.actor if token else default
+
+
+def require_role(role: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """401 without a valid bearer token, 403 when its role is below `role`."""
+    needed = Role(role)
+
+    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            settings = current_app.config["CLM_SETTINGS"]
+            if not settings.auth_enabled:
+                g.token = TokenInfo(id=0, name="auth-disabled", role=Role.ADMIN)
+                return view(*args, **kwargs)
+            header = request.headers.get("Authorization", "")
+            scheme, _, raw = header.partition(" ")
+            if scheme.lower() != "bearer" or not raw.strip():
+                raise ApiProblem(
+                    401,
+                    "Unauthorized",
+                    "missing bearer token",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            with transaction(settings.database_url) as session:
+                token = verify_token(session, raw.strip())
+            if token is None:
+                raise ApiProblem(
+                    401,
+                    "Unauthorized",
+                    "unknown or revoked token",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            if not token.allows(needed):
+                raise ApiProblem(
+                    403,
+                    "Forbidden",
+                    f"role {token.role.value} may not do this; needs {needed.value}",
+                )
+            g.token = token
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorate

@@ -1,0 +1,1 @@
+"""Subcommands of `clm`, one module per owner (see app/cli.py)."""

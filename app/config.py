@@ -1,0 +1,238 @@
+"""Every CLM_* setting, parsed once from the environment into a typed, frozen object.
+
+Rules: a variable set to the empty string counts as unset; relative defaults live under
+`./var/` of the working directory; bad values raise `ConfigError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A CLM_* variable has a value that cannot be used."""
+
+
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return None
+    return value.strip()
+
+
+def _str(env: Mapping[str, str], name: str, default: str) -> str:
+    value = _get(env, name)
+    return default if value is None else value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int | None = None) -> int:
+    value = _get(env, name)
+    if value is None:
+        return default
+    try:
+        parsed = int(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {value!r}") from exc
+    if minimum is not None and parsed < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {parsed}")
+    return parsed
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _get(env, name)
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {value!r}") from exc
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = _get(env, name)
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be a boolean (1/0/true/false), got {value!r}")
+
+
+def _json(env: Mapping[str, str], name: str, default: Any) -> Any:
+    value = _get(env, name)
+    if value is None:
+        return default
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{name} must be JSON: {exc}") from exc
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept plain `postgresql://` / `postgres://` and use the psycopg 3 driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+# Seed defaults (EPIC-CLM3-001): hours between periodic retrainings per model type.
+DEFAULT_RETRAIN_INTERVAL_HOURS: dict[str, float] = {
+    "xgboost": 168,
+    "lightgbm": 168,
+    "nhits": 336,
+    "patchtst": 336,
+    "rl_v2": 24,
+    "rl_v3": 24,
+    "other": 168,
+}
+
+# Seed defaults for the promotion gate.
+DEFAULT_GATE: dict[str, float] = {
+    "min_sharpe": 1.0,
+    "min_win_rate": 0.52,
+    "min_profit_factor": 1.3,
+    "max_drawdown": 0.15,
+    "min_trades": 50,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed view of the CLM_* environment. Build with `load_settings()`."""
+
+    var_dir: Path
+    database_url: str
+    broker_url: str
+    result_backend: str | None
+    data_dir: Path
+    artifact_root: Path
+    # auth / web
+    auth_enabled: bool = True
+    # Celery / workers
+    worker_concurrency: int = 2
+    task_soft_time_limit_s: int = 1800
+    task_time_limit_s: int = 2100
+    broker_visibility_timeout_s: int = 7200
+    worker_max_tasks_per_child: int = 20
+    worker_max_memory_per_child_kb: int = 2_000_000
+    # jobs
+    job_lease_seconds: int = 60
+    job_max_attempts: int = 3
+    reaper_interval_s: float = 15.0
+    # ML / evaluation
+    fee_bps: float = 5.0
+    slippage_bps: float = 0.0
+    walk_forward_folds: int = 3
+    label_horizon: int = 1
+    long_threshold: float = 0.55
+    short_threshold: float = 0.45
+    gate: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_GATE))
+    gate_overrides: dict[str, dict[str, float]] = field(default_factory=dict)
+    champion_sharpe_margin: float = 0.0
+    auto_promote_to_candidate: bool = True
+    shadow_mode: bool = False
+    # scheduler / triggers
+    retrain_interval_hours: dict[str, float] = field(
+        default_factory=lambda: dict(DEFAULT_RETRAIN_INTERVAL_HOURS)
+    )
+    degraded_sharpe: float = 0.5
+    trigger_cooldown_hours: float = 6.0
+    drift_psi_threshold: float = 0.2
+    drift_feature_share: float = 0.3
+    scheduler_tick_s: float = 60.0
+    # events
+    events_exchange: str = "clm.events"
+    # observability
+    log_json: bool = True
+    log_level: str = "INFO"
+
+    def gate_for(self, model_type: str) -> dict[str, float]:
+        """Gate thresholds for a model type: global values with per-type overrides."""
+        merged = dict(self.gate)
+        merged.update(self.gate_overrides.get(model_type, {}))
+        return merged
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @property
+    def is_embedded_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem://")
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Parse settings from `env` (default: os.environ). Never cached: see `get_settings`."""
+    env = os.environ if env is None else env
+    var_dir = Path(_str(env, "CLM_VAR_DIR", "var")).resolve()
+    database_url = normalize_database_url(
+        _str(env, "CLM_DATABASE_URL", f"sqlite:///{var_dir / 'clm.db'}")
+    )
+    gate = dict(DEFAULT_GATE)
+    for key in DEFAULT_GATE:
+        gate[key] = _float(env, f"CLM_GATE_{key.upper()}", DEFAULT_GATE[key])
+    gate_overrides = _json(env, "CLM_GATE_OVERRIDES", {})
+    if not isinstance(gate_overrides, dict):
+        raise ConfigError("CLM_GATE_OVERRIDES must be a JSON object {model_type: {key: value}}")
+    intervals = dict(DEFAULT_RETRAIN_INTERVAL_HOURS)
+    extra_intervals = _json(env, "CLM_RETRAIN_INTERVAL_HOURS", {})
+    if not isinstance(extra_intervals, dict):
+        raise ConfigError("CLM_RETRAIN_INTERVAL_HOURS must be a JSON object {model_type: hours}")
+    intervals.update({str(k): float(v) for k, v in extra_intervals.items()})
+    return Settings(
+        var_dir=var_dir,
+        database_url=database_url,
+        broker_url=_str(env, "CLM_BROKER_URL", "filesystem://"),
+        result_backend=_get(env, "CLM_RESULT_BACKEND"),
+        data_dir=Path(_str(env, "CLM_DATA_DIR", str(var_dir / "data"))).resolve(),
+        artifact_root=Path(_str(env, "CLM_ARTIFACT_ROOT", str(var_dir / "artifacts"))).resolve(),
+        auth_enabled=_bool(env, "CLM_AUTH_ENABLED", True),
+        worker_concurrency=_int(env, "CLM_WORKER_CONCURRENCY", 2, minimum=1),
+        task_soft_time_limit_s=_int(env, "CLM_TASK_SOFT_TIME_LIMIT_S", 1800, minimum=1),
+        task_time_limit_s=_int(env, "CLM_TASK_TIME_LIMIT_S", 2100, minimum=1),
+        broker_visibility_timeout_s=_int(env, "CLM_BROKER_VISIBILITY_TIMEOUT_S", 7200, minimum=60),
+        worker_max_tasks_per_child=_int(env, "CLM_WORKER_MAX_TASKS_PER_CHILD", 20, minimum=1),
+        worker_max_memory_per_child_kb=_int(
+            env, "CLM_WORKER_MAX_MEMORY_PER_CHILD_KB", 2_000_000, minimum=10_000
+        ),
+        job_lease_seconds=_int(env, "CLM_JOB_LEASE_SECONDS", 60, minimum=2),
+        job_max_attempts=_int(env, "CLM_JOB_MAX_ATTEMPTS", 3, minimum=1),
+        reaper_interval_s=_float(env, "CLM_REAPER_INTERVAL_S", 15.0),
+        fee_bps=_float(env, "CLM_FEE_BPS", 5.0),
+        slippage_bps=_float(env, "CLM_SLIPPAGE_BPS", 0.0),
+        walk_forward_folds=_int(env, "CLM_WALK_FORWARD_FOLDS", 3, minimum=2),
+        label_horizon=_int(env, "CLM_LABEL_HORIZON", 1, minimum=1),
+        long_threshold=_float(env, "CLM_LONG_THRESHOLD", 0.55),
+        short_threshold=_float(env, "CLM_SHORT_THRESHOLD", 0.45),
+        gate=gate,
+        gate_overrides={str(k): dict(v) for k, v in gate_overrides.items()},
+        champion_sharpe_margin=_float(env, "CLM_CHAMPION_SHARPE_MARGIN", 0.0),
+        auto_promote_to_candidate=_bool(env, "CLM_AUTO_PROMOTE_TO_CANDIDATE", True),
+        shadow_mode=_bool(env, "CLM_SHADOW_MODE", False),
+        retrain_interval_hours=intervals,
+        degraded_sharpe=_float(env, "CLM_DEGRADED_SHARPE", 0.5),
+        trigger_cooldown_hours=_float(env, "CLM_TRIGGER_COOLDOWN_HOURS", 6.0),
+        drift_psi_threshold=_float(env, "CLM_DRIFT_PSI_THRESHOLD", 0.2),
+        drift_feature_share=_float(env, "CLM_DRIFT_FEATURE_SHARE", 0.3),
+        scheduler_tick_s=_float(env, "CLM_SCHEDULER_TICK_S", 60.0),
+        events_exchange=_str(env, "CLM_EVENTS_EXCHANGE", "clm.events"),
+        log_json=_bool(env, "CLM_LOG_JSON", True),
+        log_level=_str(env, "CLM_LOG_LEVEL", "INFO").upper(),
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, parsed once. Tests call `get_settings.cache_clear()`."""
+    return load_settings()
+
+
+SETTING_NAMES = [f.name for f in fields(Settings)]

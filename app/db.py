@@ -1,0 +1,139 @@
+"""Database engine, sessions and the unit of work.
+
+One engine per process (re-created after fork: SQLAlchemy connection pools must not be
+shared across processes). Callers own the transaction with `transaction()`; services only
+`flush()`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import get_settings
+
+_lock = threading.Lock()
+_engines: dict[tuple[int, str], Engine] = {}
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let pysqlite not issue BEGIN itself; we issue BEGIN (IMMEDIATE) in `begin` below
+        # so writers serialize up front instead of failing on lock upgrade.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def build_engine(url: str, **kwargs: Any) -> Engine:
+    """Create an engine with CLM's settings for the URL's dialect."""
+    if is_sqlite(url):
+        database = make_url(url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs
+        )
+        _configure_sqlite(engine)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_size", 5)
+    kwargs.setdefault("max_overflow", 10)
+    kwargs.setdefault("pool_recycle", 1800)
+    return create_engine(url, **kwargs)
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The process-wide engine for `url` (default: the configured database)."""
+    url = url or get_settings().database_url
+    key = (os.getpid(), url)
+    engine = _engines.get(key)
+    if engine is None:
+        with _lock:
+            engine = _engines.get(key)
+            if engine is None:
+                engine = build_engine(url)
+                _engines[key] = engine
+    return engine
+
+
+def dispose_engines() -> None:
+    """Drop every engine (call after fork and in tests that switch databases)."""
+    with _lock:
+        for (pid, _url), engine in list(_engines.items()):
+            # close=False: the parent's connections must not be closed from the child.
+            engine.dispose(close=pid == os.getpid())
+        _engines.clear()
+
+
+def session_factory(url: str | None = None) -> sessionmaker[Session]:
+    return sessionmaker(bind=get_engine(url), expire_on_commit=False, autoflush=True)
+
+
+@contextmanager
+def transaction(url: str | None = None, *, immediate: bool = False) -> Iterator[Session]:
+    """The unit of work: commit on success, roll back on error, always close.
+
+    `immediate=True` takes SQLite's write lock at BEGIN, so read-then-write sequences
+    (promote, claim a job) serialize across processes; on PostgreSQL, services lock the
+    rows they change with SELECT ... FOR UPDATE instead.
+    """
+    session = session_factory(url)()
+    try:
+        if immediate:
+            # Starts the transaction now, with BEGIN IMMEDIATE on SQLite.
+            session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def ping(url: str | None = None) -> bool:
+    """True when the database answers a trivial query."""
+    try:
+        with get_engine(url).connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+
+
+def register_fork_safety() -> None:
+    """Dispose inherited engines in forked children (multiprocessing, Celery prefork)."""
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_dispose_in_child)
+
+
+def _dispose_in_child() -> None:
+    for engine in list(_engines.values()):
+        engine.dispose(close=False)
+    _engines.clear()
+
+
+register_fork_safety()

@@ -1,0 +1,1 @@
+"""Celery tasks: thin adapters that call app/ services by id. (Filled by the jobs pipeline.)"""

@@ -15,7 +15,7 @@ from kombu import Exchange, Queue
 from app.broker import WORK_QUEUES, transport_options
 from app.config import Settings, get_settings
 
-TASK_MODULES = ["workers.tasks"]
+TASK_MODULES = ["workers.tasks", "workers.tasks_continuous", "workers.tasks_evolution"]
 
 
 def create_celery_app(settings: Settings | None = None) -> Celery:

@@ -1,0 +1,1 @@
+"""SQLAlchemy models for continuous (filled by its owner)."""

@@ -1,0 +1,1 @@
+"""SQLAlchemy models for evolution (filled by its owner)."""

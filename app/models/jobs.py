@@ -1,0 +1,1 @@
+"""SQLAlchemy models for jobs (filled by its owner)."""

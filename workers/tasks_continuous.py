@@ -1,0 +1,1 @@
+"""Celery tasks for continuous (thin adapters over app/ services; filled by its owner)."""

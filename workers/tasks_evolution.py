@@ -1,0 +1,1 @@
+"""Celery tasks for evolution (thin adapters over app/ services; filled by its owner)."""

@@ -6,6 +6,7 @@ import importlib
 
 from flask import Flask
 
+from app import metrics
 from app.api import problems
 from app.config import Settings, get_settings
 
@@ -29,6 +30,7 @@ def build_app(settings: Settings | None = None, *, check_schema: bool = True) ->
     app.config["CLM_SETTINGS"] = settings
     app.json.sort_keys = False  # type: ignore[attr-defined]
     problems.init_app(app)
+    metrics.init_app(app)
     for module_name in BLUEPRINT_MODULES:
         module = importlib.import_module(module_name)
         app.register_blueprint(module.bp)

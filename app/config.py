@@ -149,11 +149,35 @@ class Settings:
     drift_psi_threshold: float = 0.2
     drift_feature_share: float = 0.3
     scheduler_tick_s: float = 60.0
+    # continuous learning (issue 5): checks, KS effect size, live-performance guard
+    drift_ks_threshold: float = 0.1
+    drift_check_interval_s: float = 3600.0
+    performance_check_interval_s: float = 3600.0
+    performance_min_trades: int = 20
+    auto_rollback: bool = False
+    auto_rollback_sharpe_floor: float = 0.0
+    outbox_relay_interval_s: float = 5.0
+    # strategy evolution (issue 7): NSGA-II search defaults, trial leases, variants
+    evolution_population: int = 16
+    evolution_generations: int = 4
+    evolution_min_trades: int = 50
+    evolution_holdout_fraction: float = 0.2
+    evolution_mutation_magnitude: float = 0.2
+    evolution_variants: int = 6
+    evolution_trial_lease_s: float = 120.0
+    evolution_requeue_after_s: float = 300.0
+    evolution_collapse_ratio: float = 0.5
+    evolution_auto_train_variants: bool = True
+    evolution_preferences: dict[str, dict[str, float]] = field(default_factory=dict)
     # events
     events_exchange: str = "clm.events"
     # observability
     log_json: bool = True
     log_level: str = "INFO"
+
+    def __hash__(self) -> int:
+        # Frozen but holding dicts: hash the rendered values so Settings can key caches.
+        return hash(repr(self))
 
     def gate_for(self, model_type: str) -> dict[str, float]:
         """Gate thresholds for a model type: global values with per-type overrides."""
@@ -223,6 +247,24 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         drift_psi_threshold=_float(env, "CLM_DRIFT_PSI_THRESHOLD", 0.2),
         drift_feature_share=_float(env, "CLM_DRIFT_FEATURE_SHARE", 0.3),
         scheduler_tick_s=_float(env, "CLM_SCHEDULER_TICK_S", 60.0),
+        drift_ks_threshold=_float(env, "CLM_DRIFT_KS_THRESHOLD", 0.1),
+        drift_check_interval_s=_float(env, "CLM_DRIFT_CHECK_INTERVAL_S", 3600.0),
+        performance_check_interval_s=_float(env, "CLM_PERFORMANCE_CHECK_INTERVAL_S", 3600.0),
+        performance_min_trades=_int(env, "CLM_PERFORMANCE_MIN_TRADES", 20, minimum=1),
+        auto_rollback=_bool(env, "CLM_AUTO_ROLLBACK", False),
+        auto_rollback_sharpe_floor=_float(env, "CLM_AUTO_ROLLBACK_SHARPE_FLOOR", 0.0),
+        outbox_relay_interval_s=_float(env, "CLM_OUTBOX_RELAY_INTERVAL_S", 5.0),
+        evolution_population=_int(env, "CLM_EVOLUTION_POPULATION", 16, minimum=2),
+        evolution_generations=_int(env, "CLM_EVOLUTION_GENERATIONS", 4, minimum=1),
+        evolution_min_trades=_int(env, "CLM_EVOLUTION_MIN_TRADES", 50, minimum=0),
+        evolution_holdout_fraction=_float(env, "CLM_EVOLUTION_HOLDOUT_FRACTION", 0.2),
+        evolution_mutation_magnitude=_float(env, "CLM_EVOLUTION_MUTATION_MAGNITUDE", 0.2),
+        evolution_variants=_int(env, "CLM_EVOLUTION_VARIANTS", 6, minimum=2),
+        evolution_trial_lease_s=_float(env, "CLM_EVOLUTION_TRIAL_LEASE_S", 120.0),
+        evolution_requeue_after_s=_float(env, "CLM_EVOLUTION_REQUEUE_AFTER_S", 300.0),
+        evolution_collapse_ratio=_float(env, "CLM_EVOLUTION_COLLAPSE_RATIO", 0.5),
+        evolution_auto_train_variants=_bool(env, "CLM_EVOLUTION_AUTO_TRAIN_VARIANTS", True),
+        evolution_preferences=_json(env, "CLM_EVOLUTION_PREFERENCES", {}),
         events_exchange=_str(env, "CLM_EVENTS_EXCHANGE", "clm.events"),
         log_json=_bool(env, "CLM_LOG_JSON", True),
         log_level=_str(env, "CLM_LOG_LEVEL", "INFO").upper(),

@@ -1,5 +1,181 @@
-"""HTTP adapter for evolution (to be filled by its owner)."""
+"""HTTP adapter for strategy evolution: POST /clm/evolve, GET /clm/candidates,
+POST /clm/candidates/{id}/train, plus the search itself and the declared spaces.
 
-from flask import Blueprint
+Thin: validate (pydantic, 422 naming the field), open the unit of work, call
+`app.evolution.service`, publish only after the transaction committed.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from flask import Blueprint, current_app, jsonify
+from pydantic import Field, StrictInt
+
+from app import jobs
+from app.api.pagination import PageQuery, decode_cursor, page
+from app.api.problems import ApiProblem, unprocessable
+from app.api.schema import StrictModel, documented, parse_body, parse_query
+from app.api.security import current_actor, require_role
+from app.config import Settings
+from app.db import transaction
+from app.domain import ModelType, Timeframe
+from app.evolution import dispatch, service
+from app.evolution.space import SPACES
+from app.models.evolution import CandidateStatus
 
 bp = Blueprint("evolution", __name__)
+
+ObjectiveName = Literal["sharpe", "max_drawdown", "profit_factor", "turnover"]
+Regime = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,39}$")]
+
+
+class Constraints(StrictModel):
+    min_trades: StrictInt | None = Field(50, ge=0, le=1_000_000)
+    max_drawdown: float | None = Field(None, gt=0, le=1)
+    min_sharpe: float | None = Field(None, ge=-100, le=100)
+
+
+class EvolveBody(StrictModel):
+    model_type: ModelType
+    symbol: str = Field(min_length=1, max_length=30)
+    timeframe: Timeframe
+    dataset_span_days: StrictInt = Field(ge=1, le=36_500)
+    objectives: list[ObjectiveName] | None = Field(
+        None, min_length=2, max_length=4,
+        description='default ["sharpe", "max_drawdown"] (maximize Sharpe, minimize drawdown)')
+    population: StrictInt | None = Field(None, ge=2, le=service.MAX_POPULATION)
+    generations: StrictInt | None = Field(None, ge=1, le=service.MAX_GENERATIONS)
+    constraints: Constraints | None = Field(None, description="default: trades >= 50")
+    space: dict[str, Any] | None = Field(
+        None, description="narrow the declared space: {name: value} fixes a parameter, "
+                          "{name: {low, high, step}} narrows it (see /clm/strategy-spaces)")
+    regime: Regime | None = Field(None, description="choose from the front for this regime")
+    seed: StrictInt = Field(0, ge=0, le=2**31 - 1)
+
+
+class CandidateQuery(PageQuery):
+    search_id: str | None = Field(None, max_length=36)
+    model_id: str | None = Field(None, max_length=120)
+    status: CandidateStatus | None = None
+    pareto: bool | None = Field(None, description="true: only the Pareto front")
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.config["CLM_SETTINGS"]
+    return settings
+
+
+def _candidate_id(raw: str) -> int:
+    # An id that cannot exist is unknown (404), not a validation error.
+    if not raw.isdigit() or len(raw) > 18:
+        raise ApiProblem(404, "Not found", f"no strategy candidate {raw}")
+    return int(raw)
+
+
+@bp.post("/clm/evolve")
+@documented(
+    "Start an NSGA-II strategy search (202 with job_id and search_id)",
+    role="operator", body=EvolveBody,
+    responses={202: "Queued", 422: "Invalid body"}, tag="evolution",
+)
+@require_role("operator")
+def evolve() -> Any:
+    body = parse_body(EvolveBody)
+    settings = _settings()
+    with transaction(settings.database_url) as session:
+        result = service.start_search(
+            session, settings, model_type=body.model_type.value, symbol=body.symbol,
+            timeframe=body.timeframe.value, dataset_span_days=body.dataset_span_days,
+            objectives=body.objectives, population=body.population,
+            generations=body.generations,
+            constraints=body.constraints.model_dump() if body.constraints else None,
+            space=body.space, regime=body.regime, seed=body.seed,
+            requested_by=current_actor()[:120],
+        )
+    dispatch.publish([dispatch.advance(result["search_id"])], settings)
+    response = jsonify({"job_id": result["job_id"], "search_id": result["search_id"],
+                        "status": result["status"], "model_id": result["model_id"]})
+    response.status_code = 202
+    response.headers["Location"] = f"/clm/searches/{result['search_id']}"
+    return response
+
+
+@bp.get("/clm/searches/<search_id>")
+@documented("One strategy search: progress, front, chosen candidate, DSR, hold-out",
+            role="viewer", responses={200: "The search", 404: "Unknown search"},
+            tag="evolution")
+@require_role("viewer")
+def get_search(search_id: str) -> Any:
+    with transaction(_settings().database_url) as session:
+        return jsonify(service.get_search(session, search_id))
+
+
+@bp.post("/clm/searches/<search_id>/resume")
+@documented("Re-publish everything a search waits for (after an outage)", role="operator",
+            responses={202: "Published", 404: "Unknown search"}, tag="evolution")
+@require_role("operator")
+def resume_search(search_id: str) -> Any:
+    settings = _settings()
+    published = dispatch.publish(service.resume_search(settings, search_id), settings)
+    response = jsonify({"search_id": search_id, "published": published})
+    response.status_code = 202
+    return response
+
+
+@bp.get("/clm/candidates")
+@documented("Strategy candidates; filters search_id, model_id, status, pareto",
+            role="viewer", query=CandidateQuery, tag="evolution")
+@require_role("viewer")
+def list_candidates() -> Any:
+    q = parse_query(CandidateQuery)
+    after = decode_cursor(q.cursor)
+    if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
+        raise unprocessable("cursor", "not a cursor returned by this API")
+    with transaction(_settings().database_url) as session:
+        items, keys = service.list_candidates(
+            session, search_id=q.search_id, model_id=q.model_id,
+            status=q.status.value if q.status else None, pareto=q.pareto,
+            after_id=after, limit=q.limit)
+    return jsonify(page(items, keys, q.limit))
+
+
+@bp.get("/clm/candidates/<candidate_id>")
+@documented("One strategy candidate", role="viewer",
+            responses={200: "The candidate", 404: "Unknown candidate"}, tag="evolution")
+@require_role("viewer")
+def get_candidate(candidate_id: str) -> Any:
+    cid = _candidate_id(candidate_id)
+    with transaction(_settings().database_url) as session:
+        return jsonify(service.get_candidate(session, cid))
+
+
+@bp.post("/clm/candidates/<candidate_id>/train")
+@documented(
+    "Train a candidate's strategy as a normal training job (202 like /clm/train)",
+    role="operator",
+    responses={202: "Queued", 404: "Unknown candidate",
+               409: "Candidate not evaluated, or the model already has an active job"},
+    tag="evolution",
+)
+@require_role("operator")
+def train_candidate(candidate_id: str) -> Any:
+    cid = _candidate_id(candidate_id)
+    settings = _settings()
+    with transaction(settings.database_url) as session:
+        job = service.train_candidate(session, settings, cid,
+                                      requested_by=current_actor()[:120])
+    jobs.enqueue_job(job["job_id"], settings)
+    response = jsonify({"job_id": job["job_id"], "status": job["status"],
+                        "model_id": job["model_id"], "candidate_id": cid})
+    response.status_code = 202
+    response.headers["Location"] = f"/clm/jobs/{job['job_id']}"
+    return response
+
+
+@bp.get("/clm/strategy-spaces")
+@documented("Every model type's strategy parameter space (types, bounds, steps)",
+            role="viewer", tag="evolution")
+@require_role("viewer")
+def strategy_spaces() -> Any:
+    return jsonify({name: space.to_dict() for name, space in SPACES.items()})

@@ -1,0 +1,108 @@
+"""Seed behaviour: a degraded production model gets strategy variants proposed as a small
+quick search, and the chosen one is trained through the normal pipeline and gate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from app.config import Settings
+from app.db import transaction
+from app.evolution import service
+from app.models.evolution import StrategySearch
+from app.timeutil import utcnow
+from tests.test_evolution_search import planted_frame
+
+
+def _run_job_inline(settings: Settings, job_id: str, timeout_s: float = 180) -> dict:
+    """Run a training job's stages and work items in this process (the pipeline's own
+    executors, as the Celery tasks call them) until it finishes."""
+    import time
+
+    from app import jobs, pipeline
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with transaction(settings.database_url) as session:
+            job = jobs.get_job(session, job_id)
+            todo = jobs.pending_dispatches(session, job_id)
+        if job["status"] in ("succeeded", "failed"):
+            return job
+        for d in todo:
+            if d.kind is None:
+                pipeline.execute_stage(settings, d.job_id, d.task.rsplit(".", 1)[1])
+            else:
+                pipeline.execute_work_item(settings, d.job_id, d.kind, int(d.fold or 0))
+    raise TimeoutError(f"job {job_id} did not finish")
+
+
+@pytest.mark.slow
+def test_degraded_model_gets_variants_and_one_is_trained_through_the_gate(
+        sqlite_url: str, make_settings: Callable[..., Settings]) -> None:
+    from app import registry
+    from app.data.store import MarketDataStore
+    from app.performance import LiveReport, record_live_report
+
+    settings = make_settings(sqlite_url, CLM_EVOLUTION_VARIANTS=4,
+                             CLM_PERFORMANCE_MIN_TRADES=5)
+    MarketDataStore(settings.data_dir).merge("BTCUSDT", "1h", planted_frame(2000))
+    model_id = "xgboost_btcusdt_1h"
+    with transaction(settings.database_url) as session:
+        v = registry.register_version(
+            session, model_type="xgboost", symbol="BTCUSDT", timeframe="1h",
+            metrics={"sharpe": 1.2, "win_rate": 0.55, "profit_factor": 1.4,
+                     "max_drawdown": 0.1, "trades": 80, "total_return": 0.2},
+            params={"n_estimators": 40, "max_depth": 3, "learning_rate": 0.1},
+            lineage={"dataset_span_days": 80,
+                     "strategy": {"windows": {"returns": [1, 24]}, "long_threshold": 0.55}},
+            actor="test")
+        registry.promote(session, model_id, v["version"], actor="test", reason="seed")
+    # Live results far below Sharpe 0.5: the performance trigger fires.
+    rng = np.random.default_rng(0)
+    body = LiveReport(model_id=model_id, returns=list(rng.normal(-0.002, 0.01, 200)),
+                      trade_returns=list(rng.normal(-0.01, 0.02, 30)))
+    now = utcnow()
+    with transaction(settings.database_url) as session:
+        out = record_live_report(session, settings, body, now=now, reported_by="test")
+    assert out["rolling"]["degraded"] is True
+    with transaction(settings.database_url) as session:
+        searches = session.scalars(select(StrategySearch).where(
+            StrategySearch.model_id == model_id)).all()
+        assert len(searches) == 1 and searches[0].kind == "variants"
+        sid = searches[0].id
+        assert searches[0].source_model_version == v["version"]
+    # The same degradation reported again does not start a second variant search.
+    with transaction(settings.database_url) as session:
+        record_live_report(session, settings, body, now=now + timedelta(minutes=1),
+                           reported_by="test")
+        assert len(session.scalars(select(StrategySearch.id)).all()) == 1
+
+    result = service.drive_inline(settings, sid, timeout_s=180)
+    assert result["status"] == "succeeded"
+    with transaction(settings.database_url) as session:
+        cands, _ = service.list_candidates(session, search_id=sid)
+    origins = sorted(c["origin"] for c in cands)
+    assert origins.count("current") == 1 and origins.count("mutation") == 3
+    current = next(c for c in cands if c["origin"] == "current")
+    assert current["params"]["window_returns"] == 24
+    assert current["params"]["model_n_estimators"] == 40
+    for c in cands:
+        if c["origin"] == "mutation":  # ±20% around the current strategy
+            ratio = c["params"]["entry_threshold"] / current["params"]["entry_threshold"]
+            assert 0.8 - 0.02 <= ratio <= 1.2 + 0.02
+    training = result["result"]["training"]
+    assert training["created"] is True
+    job = _run_job_inline(settings, training["job_id"])
+    # Through the normal gate: an evaluation with the gate's verdict, a registered version.
+    assert job["status"] == "succeeded", job.get("error")
+    assert job["trigger_reason"] == "performance_degraded"
+    assert "passed" in job["evaluation"] and "failed_criteria" in job["evaluation"]
+    assert job["version"]
+    chosen = next(c for c in cands if c["id"] == result["chosen_candidate_id"])
+    with transaction(settings.database_url) as session:
+        assert service.get_candidate(session, chosen["id"])["training_job_id"] == \
+            training["job_id"]

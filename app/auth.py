@@ -42,8 +42,9 @@ def create_token(session: Session, *, role: Role | str, name: str, actor: str = 
     """Store a new token (hash only) and return the raw value, shown once."""
     role = Role(role)
     name = name.strip()
-    if not name or len(name) > 120:
-        raise ValueError("token name must be 1–120 characters")
+    # The audit actor is "token:<name>" in a 120-character column.
+    if not name or len(name) > 100:
+        raise ValueError("token name must be 1–100 characters")
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
     session.add(
         ApiToken(

@@ -10,6 +10,8 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
+from app.errors import DomainError
+
 log = logging.getLogger(__name__)
 
 PROBLEM_MIME = "application/problem+json"
@@ -85,6 +87,13 @@ def init_app(app: Flask) -> None:
         )
         response.headers.update(exc.headers)
         return response
+
+    @app.errorhandler(DomainError)
+    def _domain(exc: DomainError) -> Response:
+        # Services raise NotFound / Conflict / InvalidInput; each knows its status.
+        return problem_response(
+            exc.status, exc.title, exc.detail, errors=exc.errors, **exc.extra
+        )
 
     @app.errorhandler(ValidationError)
     def _validation(exc: ValidationError) -> Response:

@@ -1,0 +1,84 @@
+"""`clm serve`: the HTTP API under gunicorn (or Flask's server with `--dev`).
+
+The schema is checked once, in the parent, before any worker starts: a database that
+is not at migration head is refused with a message saying to run `clm db upgrade`
+(migrating on boot would race between workers and surprise operators).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.config import get_settings
+
+
+def _check_schema() -> None:
+    from app.migrate import DatabaseNotAtHead, assert_at_head
+
+    try:
+        assert_at_head(get_settings().database_url)
+    except DatabaseNotAtHead as exc:
+        raise click.ClickException(f"refusing to serve: {exc}") from exc
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"refusing to serve: database unreachable: {exc}") from exc
+
+
+def _gunicorn(options: dict[str, Any]) -> Any:
+    from gunicorn.app.base import BaseApplication
+
+    class ClmApplication(BaseApplication):  # type: ignore[misc]
+        """gunicorn without its own argv parsing: options come from `clm serve`."""
+
+        def load_config(self) -> None:
+            for key, value in options.items():
+                # Skip settings an older gunicorn (>= 22 is allowed) does not know.
+                if key in self.cfg.settings:
+                    self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            # Built in each worker (no preload): engines and pools are never shared
+            # across the fork.
+            from app import create_app
+
+            return create_app(check_schema=False)
+
+    return ClmApplication()
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
+              help="gunicorn worker processes")
+@click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="threads per worker")
+@click.option("--timeout", default=60, show_default=True, type=click.IntRange(1),
+              help="seconds before a silent worker is restarted")
+@click.option("--dev", is_flag=True, help="Flask's development server (single process)")
+def serve(host: str, port: int, workers: int, threads: int, timeout: int, dev: bool) -> None:
+    """Run the HTTP API (CLM_DATABASE_URL must be at migration head)."""
+    _check_schema()
+    if dev:
+        from app import create_app
+
+        create_app(check_schema=False).run(host=host, port=port, use_reloader=False)
+        return
+    _gunicorn(
+        {
+            "bind": f"{host}:{port}",
+            "workers": workers,
+            "threads": threads,
+            "worker_class": "gthread",
+            "timeout": timeout,
+            "graceful_timeout": 30,
+            "accesslog": "-",
+            "errorlog": "-",
+            "proc_name": "clm-api",
+            # Recent gunicorn opens a control socket at one fixed path per user; two
+            # servers on a host would fight over it, and CLM does not use it.
+            "control_socket_disable": True,
+        }
+    ).run()

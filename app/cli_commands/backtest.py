@@ -1,0 +1,95 @@
+"""`clm backtest`: backtest a position file against an OHLCV price file (DESIGN.md model).
+
+Prints the metrics object with its promotion score. Starts fast: it imports only
+numpy/pandas/pyarrow and the pure modules (app.backtest, app.scoring, the
+importer) — never Flask, Celery, SQLAlchemy, XGBoost or LightGBM (a test checks).
+Bad input exits with status 2 and `FILE:LINE: reason` on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option(
+    "--prices",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="OHLCV file (CSV, Parquet or Binance kline CSV/zip); close prices are used",
+)
+@click.option(
+    "--positions",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CSV 'timestamp, position' with positions in [-1, 1], one per price bar",
+)
+@click.option("--fee-bps", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--slippage-bps", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option(
+    "--periods-per-year",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="bars per year for the Sharpe ratio [default: from the median bar spacing]",
+)
+@click.option("--json", "as_json", is_flag=True, help="print the metrics as one JSON object only")
+def backtest(
+    prices: Path,
+    positions: Path,
+    fee_bps: float,
+    slippage_bps: float,
+    periods_per_year: float | None,
+    as_json: bool,
+) -> None:
+    """Backtest POSITIONS against PRICES and print the metrics."""
+    from app.backtest import AlignmentError, align_positions, run_backtest
+    from app.data.importer import DataValidationError, load_ohlcv, load_positions
+    from app.scoring import promotion_score
+
+    try:
+        price_data = load_ohlcv(prices)  # timeframe inferred, spacing not enforced
+        pos = load_positions(positions)
+    except DataValidationError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    frame = price_data.frame
+    try:
+        align_positions(frame.index, pos.index)
+    except AlignmentError as exc:
+        # positions file: header is line 1, so index i is line i + 2
+        click.echo(f"{positions}:{exc.index + 2}: {exc}", err=True)
+        sys.exit(2)
+    try:
+        result = run_backtest(
+            frame["close"].to_numpy(),
+            pos.to_numpy(),
+            fee_bps=fee_bps,
+            slippage_bps=slippage_bps,
+            periods_per_year=periods_per_year,
+            timestamps=frame.index,
+        )
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+    metrics = dict(result.metrics)
+    metrics["promotion_score"] = promotion_score(metrics)
+    if as_json:
+        click.echo(json.dumps(metrics))
+        return
+    pf = metrics["profit_factor"]
+    click.echo(f"bars             {len(frame)} ({price_data.timeframe or 'irregular'})")
+    click.echo(f"periods/year     {result.periods_per_year:g}")
+    click.echo(f"sharpe           {metrics['sharpe']:.4f}")
+    click.echo(f"win_rate         {metrics['win_rate']:.4f}")
+    click.echo(f"profit_factor    {'n/a (no losing trade)' if pf is None else f'{pf:.4f}'}")
+    click.echo(f"max_drawdown     {metrics['max_drawdown']:.4f}")
+    click.echo(f"trades           {metrics['trades']}")
+    click.echo(f"total_return     {metrics['total_return']:.4f}")
+    click.echo(f"promotion_score  {metrics['promotion_score']:.2f}")
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)

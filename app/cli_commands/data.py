@@ -1,0 +1,108 @@
+"""`clm data`: import OHLCV files into the market data store and list what it holds.
+
+A bad file exits with status 2, stores nothing, and prints `FILE:LINE: reason` on
+stderr. Only the data stack is imported (pandas, pyarrow), never web or queue code.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from app.domain import TIMEFRAMES, normalize_symbol
+
+# Files above this size get a progress bar on stderr (small ones finish instantly).
+_PROGRESS_MIN_BYTES = 8 << 20
+
+
+def _iso(ts: object) -> str:
+    text = ts.isoformat() if hasattr(ts, "isoformat") else str(ts)
+    return text.replace("+00:00", "Z")
+
+
+def _symbol(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    try:
+        return normalize_symbol(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@click.group()
+def data() -> None:
+    """Market data store: import and list OHLCV series."""
+
+
+@data.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--symbol", required=True, callback=_symbol, help="e.g. BTCUSDT")
+@click.option("--timeframe", required=True, type=click.Choice(list(TIMEFRAMES)))
+def import_file(file: Path, symbol: str, timeframe: str) -> None:
+    """Validate FILE (CSV, Parquet or Binance kline CSV/zip) and merge it into the store."""
+    from app.config import get_settings
+    from app.data.importer import DataValidationError, load_ohlcv
+    from app.data.store import MarketDataStore
+
+    if not file.is_file():
+        click.echo(f"{file}: no such file", err=True)
+        sys.exit(2)
+    bar = None
+    if file.stat().st_size >= _PROGRESS_MIN_BYTES and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(desc=f"parsing {file.name}", unit=" rows", unit_scale=True, file=sys.stderr)
+    try:
+        result = load_ohlcv(file, timeframe, progress=bar.update if bar is not None else None)
+    except DataValidationError as exc:
+        if bar is not None:
+            bar.close()
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    if bar is not None:
+        bar.close()
+
+    store = MarketDataStore(get_settings().data_dir)
+    report = store.merge(symbol, timeframe, result.frame)
+    fmt_units = "/".join(result.timestamp_units)
+    click.echo(
+        f"{file}: {result.rows} rows ({result.format}, timestamps {fmt_units}), "
+        f"{_iso(result.first)} → {_iso(result.last)}"
+    )
+    if result.gaps:
+        g = result.gaps[0]
+        click.echo(
+            f"  file gaps: {len(result.gaps)} gap(s), {result.missing_bars} missing bar(s); "
+            f"first after {_iso(g.after)} ({g.missing_bars} bar(s))"
+        )
+    else:
+        click.echo("  file gaps: none")
+    click.echo(
+        f"stored {report.symbol} {report.timeframe}: {report.added} added, "
+        f"{report.overlapping} overlapping ({report.changed} changed); "
+        f"now {report.rows_after} rows {_iso(report.first)} → {_iso(report.last)}, "
+        f"{report.missing_bars} missing bar(s) in {len(report.gaps)} gap(s)"
+    )
+
+
+@data.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print JSON only")
+def list_series(as_json: bool) -> None:
+    """Coverage of every stored symbol/timeframe."""
+    from app.config import get_settings
+    from app.data.store import MarketDataStore
+
+    store = MarketDataStore(get_settings().data_dir)
+    series = store.list()
+    if as_json:
+        click.echo(json.dumps({"items": [c.to_dict() for c in series]}))
+        return
+    if not series:
+        click.echo(f"no market data in {store.root}")
+        return
+    click.echo(f"{'symbol':<16} {'timeframe':<9} {'rows':>10}  {'first':<20}  last")
+    for c in series:
+        click.echo(
+            f"{c.symbol:<16} {c.timeframe:<9} {c.rows:>10}  {_iso(c.first):<20}  {_iso(c.last)}"
+        )

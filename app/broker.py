@@ -7,6 +7,7 @@ so Flower and `celery inspect` see the workers). `CLM_BROKER_URL=redis://…` sw
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,50 @@ from app.config import Settings
 
 # Work queues, by step kind. Routing lives in workers/celery_app.py.
 WORK_QUEUES = ("data", "train", "evaluate", "default")
+
+
+def _install_atomic_filesystem_put() -> None:
+    """Make kombu's filesystem transport publish atomically.
+
+    kombu (<= 5.7) creates the message file under its final name and then writes it, so
+    a consumer polling the folder can take the file while it is still empty and die on
+    the JSON ("Unrecoverable error: JSONDecodeError"), losing the message. With several
+    workers polling every 0.1 s that is not rare. Here the message is written under a
+    hidden temporary name (which `_get` never matches: it wants `<id>.<queue>.msg`) and
+    renamed into place, so readers only ever see complete files.
+    """
+    import uuid
+    from time import monotonic_ns
+
+    from kombu.exceptions import ChannelError
+    from kombu.transport import filesystem
+    from kombu.utils.encoding import str_to_bytes
+    from kombu.utils.json import dumps
+
+    if getattr(filesystem.Channel, "_clm_atomic_put", False):
+        return
+
+    def _put(self: Any, queue: str, payload: Any, **kwargs: Any) -> None:
+        # Fixed-width nanoseconds: consumers take files in sorted name order, so this
+        # keeps FIFO order even for messages published within one millisecond (kombu's
+        # millisecond stamp leaves those to the uuid's random order).
+        name = f"{monotonic_ns():020d}_{uuid.uuid4()}.{queue}.msg"
+        final = os.path.join(self.data_folder_out, name)
+        temp = os.path.join(self.data_folder_out, f".{uuid.uuid4().hex}.tmp")
+        try:
+            with open(temp, "wb") as fh:
+                fh.write(str_to_bytes(dumps(payload)))
+            os.replace(temp, final)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise ChannelError(f"Cannot add file {final!r} to directory") from exc
+
+    filesystem.Channel._put = _put
+    filesystem.Channel._clm_atomic_put = True
+
+
+_install_atomic_filesystem_put()
 
 
 def filesystem_folder(settings: Settings) -> Path:
@@ -32,6 +77,9 @@ def transport_options(settings: Settings) -> dict[str, Any]:
             "control_folder": str(root / "control"),
             "processed_folder": str(root / "processed"),
             "store_processed": False,
+            # kombu polls the folder; its 1 s default adds up to a second to every
+            # hand-over between pipeline steps. Listing a small folder is cheap.
+            "polling_interval": 0.1,
         }
     if settings.broker_url.startswith(("redis://", "rediss://")):
         # Must exceed the longest task: an unacked task is redelivered after this, and
@@ -72,6 +120,8 @@ def queue_depths(
         depths: dict[str, int | None] = {q: 0 for q in queues}
         try:
             names = os.listdir(folder)
+        except FileNotFoundError:
+            return depths  # no message was ever sent: every queue is empty
         except OSError:
             return {q: None for q in queues}
         for name in names:

@@ -14,8 +14,18 @@ from kombu import Exchange, Queue
 
 from app.broker import WORK_QUEUES, transport_options
 from app.config import Settings, get_settings
+from workers.schedule import beat_schedule
 
 TASK_MODULES = ["workers.tasks", "workers.tasks_continuous", "workers.tasks_evolution"]
+
+# Training pipeline steps by kind of work (publishers also name the queue explicitly).
+TASK_ROUTES = {
+    "clm.job.prepare": {"queue": "data", "routing_key": "data"},
+    "clm.job.train_fold": {"queue": "train", "routing_key": "train"},
+    "clm.job.final_fit": {"queue": "train", "routing_key": "train"},
+    "clm.job.evaluate": {"queue": "evaluate", "routing_key": "evaluate"},
+    "clm.job.register": {"queue": "evaluate", "routing_key": "evaluate"},
+}
 
 
 def create_celery_app(settings: Settings | None = None) -> Celery:
@@ -37,6 +47,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         task_default_queue="default",
         task_default_exchange="clm.work",
         task_default_routing_key="default",
+        task_routes=TASK_ROUTES,
         # At-least-once: ack after the task ran; a worker that dies returns its task.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -53,6 +64,8 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         # message comes back and the job lease decides who finishes it.
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_hijack_root_logger=False,
+        # Periodic tasks (reaper, scheduler tick, ...): workers/schedule.py.
+        beat_schedule=beat_schedule(settings),
     )
     return celery
 

@@ -1,0 +1,412 @@
+"""`clm demo`: the main job end to end on one machine, with no servers to install.
+
+Migrates the configured database (SQLite under ./var by default), imports two SYNTHETIC
+series (a 'planted' one a model can learn, a 'random_walk' one it cannot), starts real
+processes — the API (`clm serve`), two Celery workers (`clm worker`: one for the data and
+evaluate queues, one for the train queue) and `clm beat` — and talks to the API over HTTP
+with a token it creates: it trains XGBoost and LightGBM on both series, shows the
+evaluations and promotion decisions, promotes a version, retrains against it as
+champion, promotes the retrain and rolls back once. Every process it started is stopped
+at the end, on an error and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from app.config import Settings, get_settings
+
+PLANTED, RANDOM = "SYN-PLANTED", "SYN-RANDOM"
+TIMEFRAME = "1h"
+MODEL_TYPES = ("xgboost", "lightgbm")
+
+
+class DemoError(click.ClickException):
+    pass
+
+
+# -- output -----------------------------------------------------------------------------
+class Printer:
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def __call__(self, message: str = "", *, dim: bool = False) -> None:
+        stamp = f"[{time.monotonic() - self.t0:6.1f}s]"
+        click.echo(f"{click.style(stamp, dim=True)} {click.style(message, dim=dim)}")
+
+    def section(self, title: str) -> None:
+        click.echo("")
+        self(click.style(f"== {title}", bold=True))
+
+
+# -- processes --------------------------------------------------------------------------
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class Processes:
+    """Subprocesses in their own process groups, all stopped by `stop_all`."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
+        self.log_dir = log_dir
+        self.env = env
+        self.procs: list[Proc] = []
+
+    def start(self, name: str, args: list[str]) -> Proc:
+        log = self.log_dir / f"{name}.log"
+        with log.open("wb") as fh:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", *args], stdout=fh, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=self.env, start_new_session=True,
+            )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self, grace: float = 6.0) -> None:
+        """SIGTERM every group (warm shutdown), SIGKILL what is left after `grace`.
+
+        Ctrl-C / SIGTERM while stopping must not abandon a child: they only cut the
+        grace short (straight to SIGKILL).
+        """
+        hurry = False
+
+        def _hurry(_sig: int, _frame: Any) -> None:
+            nonlocal hurry
+            hurry = True
+
+        previous = {sig: signal.signal(sig, _hurry) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for p in self.procs:
+                if p.popen.poll() is None:
+                    with suppress(ProcessLookupError):
+                        os.killpg(p.popen.pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while not hurry and time.monotonic() < deadline and any(
+                p.popen.poll() is None for p in self.procs
+            ):
+                time.sleep(0.1)
+            for p in self.procs:
+                # Whatever is left of the group (pool children included).
+                with suppress(ProcessLookupError):
+                    os.killpg(p.popen.pid, signal.SIGKILL)
+                with suppress(subprocess.TimeoutExpired):
+                    p.popen.wait(timeout=10)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _wait(predicate: Any, timeout: float, what: str, procs: list[Proc]) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        for p in procs:
+            if p.popen.poll() is not None:
+                raise DemoError(f"{p.name} exited ({p.popen.returncode}):\n{p.tail()}")
+        if time.monotonic() > deadline:
+            raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.2)
+
+
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """SIGTERM behaves like Ctrl-C, so `finally` blocks stop the children."""
+
+    def _raise(_sig: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# -- HTTP -------------------------------------------------------------------------------
+class Api:
+    def __init__(self, base: str, token: str) -> None:
+        self.base = base
+        self.token = token
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers={
+            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def ok(self, method: str, path: str, body: Any = None, expect: tuple[int, ...] = (200,)
+           ) -> Any:
+        status, payload = self.call(method, path, body)
+        if status not in expect:
+            raise DemoError(f"{method} {path} answered {status}: {payload}")
+        return payload
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _health(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(base + "/health", timeout=2) as resp:
+            return resp.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+# -- the demo ---------------------------------------------------------------------------
+def _import_data(settings: Settings, bars: int, say: Printer) -> None:
+    from app.data.store import MarketDataStore
+    from app.data.synthetic import generate_ohlcv
+
+    store = MarketDataStore(settings.data_dir)
+    for symbol, kind, seed in ((PLANTED, "planted", 101), (RANDOM, "random_walk", 202)):
+        report = store.merge(symbol, TIMEFRAME, generate_ohlcv(kind, bars, TIMEFRAME, seed=seed))
+        say(f"{symbol} {TIMEFRAME}: {report.rows_after} bars of synthetic '{kind}' data "
+            f"({report.added} new) in {settings.data_dir}")
+
+
+def _submit(api: Api, model_type: str, symbol: str, span: int, say: Printer,
+            trigger: str = "manual", params: dict[str, Any] | None = None) -> str:
+    body = {"model_type": model_type, "symbol": symbol, "timeframe": TIMEFRAME,
+            "dataset_span_days": span, "trigger_reason": trigger, "params": params or {}}
+    status, payload = api.call("POST", "/clm/train", body)
+    if status == 202:
+        say(f"POST /clm/train {model_type} {symbol} -> 202 job {payload['job_id']}")
+        return str(payload["job_id"])
+    if status == 409:  # a job from an interrupted earlier run: follow it
+        say(f"POST /clm/train {model_type} {symbol} -> 409: following active job "
+            f"{payload['job_id']}")
+        return str(payload["job_id"])
+    raise DemoError(f"POST /clm/train answered {status}: {payload}")
+
+
+def _follow(api: Api, job_ids: list[str], say: Printer, timeout: float) -> dict[str, Any]:
+    """Poll the jobs, printing each step as it starts and ends, until all finished."""
+    seen: dict[tuple[str, str], str] = {}
+    done: dict[str, Any] = {}
+    deadline = time.monotonic() + timeout
+    while len(done) < len(job_ids):
+        for job_id in job_ids:
+            if job_id in done:
+                continue
+            job = api.ok("GET", f"/clm/jobs/{job_id}")
+            for step in job["steps"]:
+                key = (job_id, step["name"])
+                if seen.get(key) != step["status"] and step["status"] != "pending":
+                    seen[key] = step["status"]
+                    extra = ""
+                    if step["name"] == "train_folds" and job["folds"]["total"]:
+                        extra = f" ({job['folds']['done']}/{job['folds']['total']} work items)"
+                    if step["status"] == "succeeded" and step["duration_s"] is not None:
+                        extra += f" in {step['duration_s']:.2f}s"
+                    say(f"  {job['model_id']:<28} {step['name']:<17} {step['status']}{extra}"
+                        f"  [{job['progress']:.0%}]", dim=step["status"] == "running")
+            if job["status"] in ("succeeded", "failed"):
+                done[job_id] = job
+                say(f"  {job['model_id']:<28} job {job['status']}"
+                    + (f": version {job['version']} -> {job['version_status']}"
+                       if job.get("version") else f": {job.get('error')}"))
+        if time.monotonic() > deadline:
+            raise DemoError(f"jobs not finished after {timeout:.0f}s")
+        time.sleep(0.4)
+    return done
+
+
+def _fmt(value: Any, pct: bool = False) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1%}" if pct else f"{value:.2f}"
+    return str(value)
+
+
+def _show_evaluations(jobs: list[dict[str, Any]]) -> None:
+    header = (f"  {'model_id':<28} {'sharpe':>7} {'win':>6} {'PF':>6} {'MDD':>6} "
+              f"{'trades':>6} {'score':>6}  decision")
+    click.echo(click.style(header, bold=True))
+    for job in jobs:
+        ev = job.get("evaluation") or {}
+        m = ev.get("metrics") or {}
+        decision = job.get("version_status") or job["status"]
+        click.echo(
+            f"  {job['model_id']:<28} {_fmt(m.get('sharpe')):>7} "
+            f"{_fmt(m.get('win_rate'), True):>6} {_fmt(m.get('profit_factor')):>6} "
+            f"{_fmt(m.get('max_drawdown'), True):>6} {_fmt(m.get('trades')):>6} "
+            f"{_fmt(ev.get('promotion_score')):>6}  {decision}")
+        for c in ev.get("failed_criteria", []):
+            click.echo(f"  {'':<28}   failed: {c['name']} = {_fmt(c.get('value'))} "
+                       f"(needs {c['op']} {c.get('threshold')})")
+
+
+def run_demo(bars: int, span_days: int, timeout: float) -> None:
+    say = Printer()
+    settings = get_settings()
+    from app import migrate
+    from app.auth import create_token
+    from app.db import transaction
+
+    say.section("1. Database and market data")
+    say(f"database {settings.database_url.split('?')[0]}, broker {settings.broker_url}")
+    migrate.upgrade(settings.database_url)
+    say(f"migrated to {migrate.current_revision(settings.database_url)}")
+    _import_data(settings, bars, say)
+    with transaction(settings.database_url) as session:
+        token = create_token(session, role="admin", name=f"demo-{int(time.time())}",
+                             actor="clm demo")
+    say("created an admin API token for this demo")
+
+    say.section("2. Processes: API, workers, beat")
+    log_dir = settings.var_dir / "demo"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = Processes(log_dir, env)
+    try:
+        api_proc = procs.start("api", ["serve", "--port", str(port), "--workers", "1"])
+        steps = procs.start("worker-steps", ["worker", "--queues", "data,evaluate,default",
+                                             "--concurrency", "1",
+                                             "--hostname", "demo-steps@%h",
+                                             "--loglevel", "INFO"])
+        train = procs.start("worker-train", ["worker", "--queues", "train",
+                                             "--concurrency", "2",
+                                             "--hostname", "demo-train@%h",
+                                             "--loglevel", "INFO"])
+        beat = procs.start("beat", ["beat"])
+        for p in (steps, train):
+            _wait(lambda p=p: " ready." in p.log.read_text(errors="replace"), 120,
+                  f"{p.name} to be ready", procs.procs)
+            say(f"{p.name} ready (pid {p.popen.pid}, log {p.log})")
+        _wait(lambda: _health(base), 60, "the API", [api_proc])
+        say(f"API up at {base} (pid {api_proc.popen.pid}); beat pid {beat.popen.pid}")
+        api = Api(base, token)
+
+        say.section("3. Training: XGBoost and LightGBM on both series")
+        ids = [_submit(api, mt, sym, span_days, say) for sym in (PLANTED, RANDOM)
+               for mt in MODEL_TYPES]
+        status, dup = api.call("POST", "/clm/train", {
+            "model_type": "xgboost", "symbol": PLANTED, "timeframe": TIMEFRAME,
+            "dataset_span_days": span_days})
+        say(f"a second request for xgboost {PLANTED} while its job is active -> {status} "
+            f"(active job {dup.get('job_id') if isinstance(dup, dict) else '?'})")
+        finished = _follow(api, ids, say, timeout)
+
+        say.section("4. Evaluation (walk-forward, out of sample, with fees) and decisions")
+        _show_evaluations([finished[i] for i in ids])
+        click.echo("  Passing the gate makes a candidate; failing makes a failed version. "
+                   "Nothing reaches production without an explicit promote.")
+
+        say.section("5. Promote, retrain against the champion, promote, roll back")
+        first = finished[ids[0]]
+        if first.get("version_status") != "candidate":
+            raise DemoError(f"expected a candidate from {first['model_id']}, got "
+                            f"{first.get('version_status')}: {first.get('evaluation')}")
+        model_id, v1 = first["model_id"], first["version"]
+        promoted = api.ok("POST", "/clm/promote", {"model_id": model_id, "version": v1,
+                                                    "promoted_by": "clm demo",
+                                                    "reason": "passed the gate in the demo"})
+        say(f"POST /clm/promote {model_id} {v1} -> production "
+            f"(retired: {(promoted.get('retired') or {}).get('version')})")
+        retrain_id = _submit(api, "xgboost", PLANTED, span_days, say, trigger="periodic")
+        retrain = _follow(api, [retrain_id], say, timeout)[retrain_id]
+        champ = (retrain.get("evaluation") or {}).get("champion") or {}
+        say(f"champion {champ.get('version')} retrained on the same folds: Sharpe "
+            f"{_fmt(champ.get('champion_sharpe'))} vs challenger "
+            f"{_fmt(champ.get('challenger_sharpe'))} -> {champ.get('reason')}")
+        v2 = retrain["version"]
+        force = retrain.get("version_status") == "failed"
+        promoted = api.ok("POST", "/clm/promote", {
+            "model_id": model_id, "version": v2, "promoted_by": "clm demo",
+            "reason": "periodic retrain" + (" (forced: it did not beat the champion)"
+                                            if force else ""), "force": force})
+        say(f"POST /clm/promote {model_id} {v2}{' (force)' if force else ''} -> production, "
+            f"retired {(promoted.get('retired') or {}).get('version')}")
+        rolled = api.ok("POST", "/clm/rollback", {"model_id": model_id,
+                                                   "rollback_by": "clm demo",
+                                                   "reason": "demo: roll back once"})
+        say(f"POST /clm/rollback {model_id} -> production is "
+            f"{(rolled.get('production') or {}).get('version')} again, "
+            f"retired {(rolled.get('retired') or {}).get('version')}")
+        audit = api.ok("GET", f"/clm/audit?model_id={model_id}&limit=10")
+        for entry in audit.get("items", [])[:4]:
+            say(f"  audit: {entry.get('at')} {entry.get('actor')} {entry.get('action')} "
+                f"{entry.get('version')} — {entry.get('reason')}", dim=True)
+    finally:
+        say.section("6. Stopping the processes this demo started")
+        procs.stop_all()
+        say(f"stopped {len(procs.procs)} processes; their logs are in {log_dir}")
+
+    say.section("Where to look next")
+    example = json.dumps({"model_type": "lightgbm", "symbol": PLANTED, "timeframe": "1h",
+                          "dataset_span_days": span_days}, separators=(",", ":"))
+    click.echo(f"""  Everything lives under {settings.var_dir} (database, market data, artifacts).
+  Start the service yourself, each in its own terminal:
+    .venv/bin/clm serve --port 8000
+    .venv/bin/clm worker --queues data,evaluate,default --concurrency 1
+    .venv/bin/clm worker --queues train --concurrency 2
+    .venv/bin/clm beat
+  Then, with this demo's admin token (or `clm token create --role viewer --name me`):
+    export TOKEN={token}
+    curl -s -H "Authorization: Bearer $TOKEN" localhost:8000/clm/jobs | python -m json.tool
+    curl -s -H "Authorization: Bearer $TOKEN" localhost:8000/clm/jobs/{retrain_id}
+    curl -s -H "Authorization: Bearer $TOKEN" "localhost:8000/clm/models?model_id={model_id}"
+    curl -s -H "Authorization: Bearer $TOKEN" localhost:8000/clm/status
+    curl -s localhost:8000/openapi.json | python -m json.tool | less
+  Train something else:
+    curl -s -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
+      -d '{example}' localhost:8000/clm/train
+  Watch the workers: celery -A workers.celery_app inspect active   (or Flower)""")
+    say(f"demo finished in {time.monotonic() - say.t0:.0f}s")
+
+
+@click.command()
+@click.option("--bars", default=8760, show_default=True, type=click.IntRange(2000, 200_000),
+              help="1h bars per synthetic series")
+@click.option("--span-days", default=360, show_default=True, type=click.IntRange(30, 8000),
+              help="dataset_span_days of each training job")
+@click.option("--timeout", default=600, show_default=True, type=click.IntRange(30),
+              help="seconds to wait for the training jobs")
+def demo(bars: int, span_days: int, timeout: int) -> None:
+    """Run the main job end to end on this machine (no servers needed)."""
+    if span_days * 24 > bars:
+        raise click.BadParameter(f"{span_days} days of 1h bars need --bars >= {span_days * 24}")
+    with _interruptible():
+        try:
+            run_demo(bars, span_days, timeout)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted: every process the demo started was stopped", err=True)
+            sys.exit(130)

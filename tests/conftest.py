@@ -13,9 +13,9 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("CLM_LOG_JSON", "0")
 
-from app.config import Settings, get_settings, load_settings  # noqa: E402
-from app.db import dispose_engines  # noqa: E402
-from tests.support.services import (  # noqa: E402
+from app.config import Settings, get_settings, load_settings
+from app.db import dispose_engines
+from tests.support.services import (
     PostgresDatabases,
     SqliteDatabases,
     redis_url,

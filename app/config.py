@@ -132,6 +132,8 @@ class Settings:
     fee_bps: float = 5.0
     slippage_bps: float = 0.0
     walk_forward_folds: int = 3
+    # Fewest training rows the first walk-forward fold may have (refused below this).
+    min_train_rows: int = 200
     label_horizon: int = 1
     long_threshold: float = 0.55
     short_threshold: float = 0.45
@@ -233,6 +235,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         fee_bps=_float(env, "CLM_FEE_BPS", 5.0),
         slippage_bps=_float(env, "CLM_SLIPPAGE_BPS", 0.0),
         walk_forward_folds=_int(env, "CLM_WALK_FORWARD_FOLDS", 3, minimum=2),
+        min_train_rows=_int(env, "CLM_MIN_TRAIN_ROWS", 200, minimum=20),
         label_horizon=_int(env, "CLM_LABEL_HORIZON", 1, minimum=1),
         long_threshold=_float(env, "CLM_LONG_THRESHOLD", 0.55),
         short_threshold=_float(env, "CLM_SHORT_THRESHOLD", 0.45),

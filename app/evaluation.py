@@ -105,7 +105,7 @@ class EvaluationConfig:
     fee_bps: float = 5.0
     slippage_bps: float = 0.0
     test_fraction: float = 0.5
-    min_train_rows: int = 500
+    min_train_rows: int = 200
     min_test_rows: int = 50
     periods_per_year: float | None = None
 
@@ -159,6 +159,7 @@ class EvaluationConfig:
             "short_threshold": settings.short_threshold,
             "fee_bps": settings.fee_bps,
             "slippage_bps": settings.slippage_bps,
+            "min_train_rows": settings.min_train_rows,
         }
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(overrides) - known)

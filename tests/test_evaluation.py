@@ -79,11 +79,11 @@ def test_folds_never_leak_and_tile_the_end(n_rows, n_folds, horizon, purge):
 
 def test_too_little_data_is_refused_with_numbers():
     with pytest.raises(InsufficientData, match=r"800 usable rows.*min_train_rows=500"):
-        make_folds(800, EvaluationConfig())
+        make_folds(800, EvaluationConfig(min_train_rows=500))
     with pytest.raises(InsufficientData, match="test slices"):
         make_folds(1200, EvaluationConfig(n_folds=20, min_train_rows=100))
     with pytest.raises(InsufficientData):
-        run_walk_forward(generate_ohlcv("planted", 900, seed=0), "xgboost", FAST)
+        run_walk_forward(generate_ohlcv("planted", 300, seed=0), "xgboost", FAST)
 
 
 def test_purge_shorter_than_the_horizon_is_refused():

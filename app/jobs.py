@@ -6,7 +6,14 @@ Services take a session and plain values and only `flush()`; the caller (request
 task wrapper in app/pipeline.py) owns the transaction and publishes the returned
 `Dispatch`es only after it committed (`enqueue`).
 
-State machine (job.status / job.stage):
+Two kinds of job share the table (`TrainingJob.kind`): `train` jobs run the pipeline
+below; `evolve` jobs are strategy searches (POST /clm/evolve) whose status, progress and
+steps (one per generation) app.evolution.service mirrors through `create_evolve_job`,
+`evolve_generation_started`, `evolve_trial_recorded`, `evolve_generation_completed` and
+`finish_evolve_job`. Only train jobs are claimed, leased and reaped here (the evolution
+reaper owns searches), and the one-active-job rule covers train jobs only.
+
+State machine of a train job (job.status / job.stage):
 
     queued/prepare ──claim──► running/prepare ──► running/train (fan-out of work items)
         ──last item done (fan-in counter)──► running/evaluate ──► running/register
@@ -52,6 +59,7 @@ from app.events import job_event  # outbox: events commit with the change (app/e
 from app.logs import job_logger
 from app.models.jobs import (
     ACTIVE_JOB_STATUSES,
+    JobKind,
     JobStage,
     StepStatus,
     TrainingJob,
@@ -257,25 +265,36 @@ def validate_training_request(
         checked = trainer.validate_params(dict(params or {}))
     except InvalidParams as exc:
         raise InvalidInput(f"params.{exc.key}", str(exc)) from None
+    if strategy is not None and not isinstance(strategy, Mapping):
+        raise InvalidInput("strategy", "must be an object")
     strat = dict(strategy) if strategy else None
     windows: Any = None
     cfg_overrides: dict[str, Any] = {}
     if strat is not None:
-        unknown = sorted(set(strat) - {"windows", "long_threshold", "short_threshold", "seed"})
+        unknown = sorted(set(strat) - set(STRATEGY_KEYS))
         if unknown:
             raise InvalidInput(
-                "strategy", f"unknown key(s) {unknown}; known: long_threshold, seed, "
-                "short_threshold, windows"
+                "strategy", f"unknown key(s) {unknown}; known: {', '.join(STRATEGY_KEYS)}"
             )
         windows = strat.get("windows")
         try:
             normalize_windows(windows)
         except (ValueError, TypeError) as exc:
             raise InvalidInput("strategy.windows", str(exc)) from None
-        cfg_overrides = {k: strat[k] for k in ("long_threshold", "short_threshold") if k in strat}
+        cfg_overrides = strategy_config_overrides(strat)
+        horizon = strat.get("label_horizon", 1)
+        if (isinstance(horizon, bool) or not isinstance(horizon, int)
+                or not 1 <= horizon <= MAX_LABEL_HORIZON):
+            raise InvalidInput("strategy.label_horizon",
+                               f"must be an integer in [1, {MAX_LABEL_HORIZON}]")
         seed = strat.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
             raise InvalidInput("strategy.seed", "must be an integer in [0, 2**31)")
+        if strat.get("rules") is not None:
+            try:
+                strat["rules"] = trading_rules(strat).to_dict()  # type: ignore[union-attr]
+            except InvalidRules as exc:
+                raise InvalidInput(f"strategy.rules.{exc.key}", str(exc)) from None
     try:
         cfg = EvaluationConfig.from_settings(settings, **cfg_overrides)
     except ValueError as exc:
@@ -314,6 +333,91 @@ def validate_training_request(
     )
 
 
+# What a training job's `strategy` may say (a strategy search's candidate says all of it):
+# feature windows, the label horizon (the walk-forward purge follows it), the plain
+# thresholds, the seed, and the search's trading rules (entry/exit thresholds, minimum
+# holding period, stop loss / take profit), which replace the plain thresholds when given.
+STRATEGY_KEYS: tuple[str, ...] = (
+    "label_horizon", "long_threshold", "rules", "seed", "short_threshold", "windows",
+)
+MAX_LABEL_HORIZON = 500
+_RULE_KEYS = ("entry_threshold", "exit_threshold", "min_hold_bars", "stop_loss", "take_profit",
+              "allow_short")
+
+
+class InvalidRules(ValueError):
+    """A strategy's trading rules are malformed; `key` names the rule."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def strategy_config_overrides(strategy: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The EvaluationConfig fields a job's strategy sets (thresholds, label horizon)."""
+    strat = strategy or {}
+    return {k: strat[k] for k in ("long_threshold", "short_threshold", "label_horizon")
+            if k in strat}
+
+
+def _probability(key: str, value: Any, low: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
+            value) or not low <= value <= 1.0:
+        raise InvalidRules(key, f"{key} must be a number in [{low:g}, 1], got {value!r}")
+    return float(value)
+
+
+def _risk_level(key: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
+            value) or not 0.0 <= value < 10.0:
+        raise InvalidRules(key, f"{key} must be null or a number in [0, 10), got {value!r}")
+    return float(value) or None  # 0 switches the exit off, as in the search's spaces
+
+
+def trading_rules(strategy: Mapping[str, Any] | None) -> Any:
+    """The strategy's trading rules as an `app.evolution.space.TradingRules` (None when the
+    strategy has none: positions then come from the plain long/short thresholds).
+
+    These are the rules a strategy search evaluated its candidates with; the pipeline
+    turns out-of-sample probabilities into positions with the same function
+    (`app.evolution.strategy.positions_from_probabilities`). Raises InvalidRules.
+    """
+    raw = (strategy or {}).get("rules")
+    if raw is None:
+        return None
+    from app.evolution.space import TradingRules
+
+    if not isinstance(raw, Mapping):
+        raise InvalidRules("rules", "rules must be an object")
+    unknown = sorted(set(raw) - set(_RULE_KEYS))
+    if unknown:
+        raise InvalidRules(str(unknown[0]), f"unknown rule(s) {unknown}; known: "
+                                            f"{', '.join(_RULE_KEYS)}")
+    default = TradingRules()
+    entry = _probability("entry_threshold", raw.get("entry_threshold", default.entry_threshold),
+                         0.5)
+    exit_ = _probability("exit_threshold", raw.get("exit_threshold", default.exit_threshold))
+    if exit_ > entry:
+        raise InvalidRules("exit_threshold", f"exit_threshold ({exit_:g}) must be <= "
+                                             f"entry_threshold ({entry:g})")
+    hold = raw.get("min_hold_bars", default.min_hold_bars)
+    if isinstance(hold, bool) or not isinstance(hold, int) or not 1 <= hold <= 100_000:
+        raise InvalidRules("min_hold_bars", f"min_hold_bars must be an integer in [1, 100000], "
+                                            f"got {hold!r}")
+    allow_short = raw.get("allow_short", default.allow_short)
+    if not isinstance(allow_short, bool):
+        raise InvalidRules("allow_short", f"allow_short must be true or false, got "
+                                          f"{allow_short!r}")
+    return TradingRules(
+        entry_threshold=entry, exit_threshold=exit_, min_hold_bars=int(hold),
+        stop_loss=_risk_level("stop_loss", raw.get("stop_loss")),
+        take_profit=_risk_level("take_profit", raw.get("take_profit")),
+        allow_short=allow_short,
+    )
+
+
 def data_window(last: datetime, span_days: int, timeframe: str) -> tuple[datetime, datetime]:
     """The bars a job trains on: the `span_days` days ending at the last stored bar."""
     start = last - timedelta(days=span_days) + timedelta(seconds=timeframe_seconds(timeframe))
@@ -321,9 +425,12 @@ def data_window(last: datetime, span_days: int, timeframe: str) -> tuple[datetim
 
 
 def find_active_job(session: Session, model_id: str) -> str | None:
+    """The model's queued or running *train* job (a running strategy search does not
+    count: it may run while the model trains)."""
     return session.scalars(
         select(TrainingJob.id).where(
-            TrainingJob.model_id == model_id, TrainingJob.status.in_(ACTIVE_JOB_STATUSES)
+            TrainingJob.model_id == model_id, TrainingJob.kind == JobKind.TRAIN,
+            TrainingJob.status.in_(ACTIVE_JOB_STATUSES)
         )
     ).first()
 
@@ -362,7 +469,8 @@ def create_training_job(
     now = now or utcnow()
     job_id = str(uuid.uuid4())
     job = TrainingJob(
-        id=job_id, model_id=req.model_id, model_type=ModelType(req.model_type),
+        id=job_id, kind=JobKind.TRAIN, model_id=req.model_id,
+        model_type=ModelType(req.model_type),
         symbol=req.symbol, timeframe=req.timeframe, regime=req.regime,
         dataset_span_days=req.dataset_span_days, params=req.params, strategy=req.strategy,
         trigger_reason=TriggerReason(req.trigger_reason), requested_by=requested_by,
@@ -390,6 +498,172 @@ def create_training_job(
         "training job created (%s, trigger %s)", req.model_id, req.trigger_reason
     )
     return get_job(session, job_id)
+
+
+# -- evolve jobs (strategy searches) ----------------------------------------------------
+# app.evolution.service calls these in the transactions where it changes the search, so
+# the job and the search commit together. Every write is conditional on the job being an
+# active evolve job: a duplicate delivery, or a search created before jobs had kinds (no
+# job row), changes nothing.
+EVOLVE_FINAL_STEP = "select_and_validate"
+
+
+def evolve_step_name(generation: int) -> str:
+    return f"generation_{int(generation)}"
+
+
+def create_evolve_job(
+    session: Session,
+    *,
+    job_id: str,
+    search_id: str,
+    model_type: str,
+    symbol: str,
+    timeframe: str,
+    dataset_span_days: int,
+    generations: int,
+    trials_planned: int,
+    trigger_reason: str = TriggerReason.MANUAL.value,
+    requested_by: str | None = None,
+    regime: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Insert the queued job of a strategy search (kind `evolve`): one pending step per
+    generation plus `select_and_validate`, progress = trials recorded / `trials_planned`.
+    Any number may be active per model_id. Flushes only; returns the job dict."""
+    now = now or utcnow()
+    if generations < 1 or trials_planned < 1:
+        raise ValueError("an evolve job needs at least one generation and one trial")
+    mt = ModelType(model_type)
+    job = TrainingJob(
+        id=job_id, kind=JobKind.EVOLVE, model_id=make_model_id(mt.value, symbol, timeframe),
+        model_type=mt, symbol=normalize_symbol(symbol), timeframe=timeframe,
+        regime=regime, dataset_span_days=int(dataset_span_days), params={}, strategy=None,
+        trigger_reason=TriggerReason(trigger_reason), requested_by=requested_by,
+        status=JobStatus.QUEUED, stage=JobStage.PREPARE, attempts=0, dispatches=0,
+        lease_owner=None, lease_expires_at=None, folds_total=int(trials_planned),
+        folds_done=0, artifacts={"search_id": search_id}, created_at=now, updated_at=now,
+    )
+    session.add(job)
+    session.flush()
+    names = [evolve_step_name(g) for g in range(int(generations))] + [EVOLVE_FINAL_STEP]
+    session.add_all(
+        TrainingJobStep(job_id=job_id, position=i, name=name, status=StepStatus.PENDING,
+                        attempts=0)
+        for i, name in enumerate(names, start=1)
+    )
+    session.flush()
+    _jlog(job_id, model_id=job.model_id).info("evolve job created for search %s", search_id)
+    return get_job(session, job_id)
+
+
+def _active_evolve(job_id: str) -> Any:
+    return and_(TrainingJob.id == job_id, TrainingJob.kind == JobKind.EVOLVE,
+                TrainingJob.status.in_(ACTIVE_JOB_STATUSES))
+
+
+def evolve_job_running(session: Session, job_id: str | None, *,
+                       now: datetime | None = None) -> bool:
+    """The search started (queued → running). False when nothing changed."""
+    if not job_id:
+        return False
+    now = now or utcnow()
+    result = session.execute(
+        update(TrainingJob).where(_active_evolve(job_id))
+        .values(status=JobStatus.RUNNING, stage=JobStage.TRAIN,
+                started_at=func.coalesce(TrainingJob.started_at, now), updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def evolve_generation_started(session: Session, job_id: str | None, generation: int, *,
+                              trials: int, now: datetime | None = None) -> None:
+    """A generation's trials were asked: the job runs, its generation step too."""
+    if not evolve_job_running(session, job_id, now=now) or job_id is None:
+        return
+    start_step(session, job_id, evolve_step_name(generation), now=now)
+    session.execute(
+        update(TrainingJobStep)
+        .where(TrainingJobStep.job_id == job_id,
+               TrainingJobStep.name == evolve_step_name(generation))
+        .values(detail={"trials": int(trials)})
+        .execution_options(synchronize_session=False)
+    )
+
+
+def evolve_trial_recorded(session: Session, job_id: str | None, *,
+                          now: datetime | None = None) -> None:
+    """One trial was recorded (evaluated or failed): progress moves by one trial. The
+    caller records each trial once (its own conditional update), so this counts once."""
+    if not job_id:
+        return
+    now = now or utcnow()
+    session.execute(
+        update(TrainingJob).where(_active_evolve(job_id))
+        .values(folds_done=TrainingJob.folds_done + 1, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def evolve_generation_completed(session: Session, job_id: str | None, generation: int, *,
+                                detail: Mapping[str, Any] | None = None,
+                                now: datetime | None = None) -> None:
+    """Every trial of `generation` is recorded: its step succeeded (with `detail`)."""
+    if not job_id:
+        return
+    active = session.scalar(select(TrainingJob.id).where(_active_evolve(job_id)))
+    if active is None:
+        return
+    finish_step(session, job_id, evolve_step_name(generation), detail=detail, now=now)
+
+
+def finish_evolve_job(
+    session: Session,
+    job_id: str | None,
+    *,
+    status: str,
+    error: str | None = None,
+    detail: Mapping[str, Any] | None = None,
+    started_at: datetime | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """The search ended (`succeeded` or `failed`): the job ends with it; the final step
+    carries `detail` (front, choice, hold-out). Unasked generations are skipped. False
+    when the job was not an active evolve job."""
+    if not job_id:
+        return False
+    now = now or utcnow()
+    final = JobStatus(status)
+    if final not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+        raise ValueError(f"an evolve job ends succeeded or failed, not {status!r}")
+    job = session.scalars(select(TrainingJob).where(_active_evolve(job_id))).first()
+    if job is None:
+        return False
+    job.status = final
+    job.stage = JobStage.DONE
+    job.error = error[:4000] if error else None
+    job.started_at = job.started_at or started_at or now
+    job.finished_at = now
+    job.updated_at = now
+    if final == JobStatus.SUCCEEDED:
+        job.folds_done = max(job.folds_done, job.folds_total)
+    for step in session.scalars(select(TrainingJobStep).where(TrainingJobStep.job_id == job_id)):
+        if step.name == EVOLVE_FINAL_STEP:
+            step.status = (StepStatus.SUCCEEDED if final == JobStatus.SUCCEEDED
+                           else StepStatus.FAILED)
+            step.started_at = started_at or step.started_at or now
+            step.finished_at = now
+            step.attempts += 1
+            step.detail = {**dict(detail or {}), **({"error": error[:1000]} if error else {})}
+        elif step.status == StepStatus.RUNNING:
+            step.status = StepStatus.FAILED
+            step.finished_at = now
+        elif step.status == StepStatus.PENDING:
+            step.status = StepStatus.SKIPPED
+    session.flush()
+    _jlog(job_id).info("evolve job %s", final.value)
+    return True
 
 
 # -- claiming, leases, steps ------------------------------------------------------------
@@ -420,6 +694,7 @@ def claim_stage(
         update(TrainingJob)
         .where(
             TrainingJob.id == job_id,
+            TrainingJob.kind == JobKind.TRAIN,
             TrainingJob.stage == stage,
             TrainingJob.status.in_(ACTIVE_JOB_STATUSES),
             or_(
@@ -606,7 +881,8 @@ def claim_work_item(
     now = now or utcnow()
     kind = WorkKind(kind)
     job = session.get(TrainingJob, job_id, populate_existing=True)
-    if job is None or job.status != JobStatus.RUNNING or job.stage != JobStage.TRAIN:
+    if (job is None or job.kind != JobKind.TRAIN or job.status != JobStatus.RUNNING
+            or job.stage != JobStage.TRAIN):
         return None
     W = TrainingJobWorkItem
     result = session.execute(
@@ -862,7 +1138,8 @@ def fail_job(
         .execution_options(synchronize_session=False)
     )
     session.flush()
-    job_event(session, "training.failed", job, error=job.error, step=step)
+    if job.kind == JobKind.TRAIN:  # a search announces itself (app.evolution)
+        job_event(session, "training.failed", job, error=job.error, step=step)
     _jlog(job_id, step=step).warning("job failed: %s", error)
     return True
 
@@ -883,7 +1160,8 @@ def reap(session: Session, settings: Settings, now: datetime | None = None) -> R
 
     Safe to run concurrently (rows are locked with SKIP LOCKED on PostgreSQL; SQLite
     callers use an immediate transaction) and as often as wanted: everything it does is
-    conditional on the deadline having passed.
+    conditional on the deadline having passed. Train jobs only: an evolve job's liveness
+    is its search's, which app.evolution.service.reap looks after.
     """
     now = now or utcnow()
     out = ReapResult()
@@ -891,6 +1169,7 @@ def reap(session: Session, settings: Settings, now: datetime | None = None) -> R
     jobs = session.scalars(
         select(TrainingJob)
         .where(
+            TrainingJob.kind == JobKind.TRAIN,
             TrainingJob.status.in_(ACTIVE_JOB_STATUSES),
             TrainingJob.stage.in_([JobStage.PREPARE, JobStage.EVALUATE, JobStage.REGISTER]),
             TrainingJob.lease_expires_at < now,
@@ -930,6 +1209,7 @@ def reap(session: Session, settings: Settings, now: datetime | None = None) -> R
         select(W)
         .join(TrainingJob, TrainingJob.id == W.job_id)
         .where(
+            TrainingJob.kind == JobKind.TRAIN,
             TrainingJob.status == JobStatus.RUNNING,
             TrainingJob.stage == JobStage.TRAIN,
             W.status != WorkStatus.DONE,
@@ -1029,8 +1309,9 @@ def enqueue(dispatches: Iterable[Dispatch], settings: Settings | None = None) ->
 def pending_dispatches(session: Session, job_id: str) -> list[Dispatch]:
     """What a job is waiting for right now (used to (re)publish it by id)."""
     job = session.get(TrainingJob, job_id)
-    if job is None or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
-        return []
+    if (job is None or job.kind != JobKind.TRAIN
+            or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING)):
+        return []  # an evolve job is published by app.evolution (dispatch.advance)
     if job.stage in STAGE_TASKS:
         return [stage_dispatch(job_id, job.stage)]
     if job.stage == JobStage.TRAIN:
@@ -1059,6 +1340,7 @@ def job_snapshot(job: TrainingJob) -> dict[str, Any]:
     """The job row as plain data for the pipeline (no steps)."""
     return {
         "job_id": job.id,
+        "kind": job.kind.value,
         "status": job.status.value,
         "stage": job.stage.value,
         "model_id": job.model_id,
@@ -1107,6 +1389,8 @@ def _progress(job: TrainingJob, steps: Sequence[TrainingJobStep],
               items: Sequence[TrainingJobWorkItem]) -> float:
     if job.status == JobStatus.SUCCEEDED:
         return 1.0
+    if job.kind == JobKind.EVOLVE:  # trials recorded / trials planned
+        return round(min(job.folds_done / job.folds_total, 1.0), 4) if job.folds_total else 0.0
     done = 0.0
     folds = [i for i in items if i.kind != WorkKind.FINAL]
     for s in steps:
@@ -1119,10 +1403,13 @@ def _progress(job: TrainingJob, steps: Sequence[TrainingJobStep],
 
 def job_to_dict(job: TrainingJob, steps: Sequence[TrainingJobStep],
                 items: Sequence[TrainingJobWorkItem]) -> dict[str, Any]:
-    """The API shape of a job (contract: GET /clm/jobs/{job_id})."""
+    """The API shape of a job (contract: GET /clm/jobs/{job_id}). An evolve job also has
+    `search_id` and `trials` {total, done}; its steps are the search's generations."""
     evaluation = dict(job.evaluation) if job.evaluation else None
-    return {
+    evolve = job.kind == JobKind.EVOLVE
+    out = {
         "job_id": job.id,
+        "kind": job.kind.value,
         "status": job.status.value,
         "model_id": job.model_id,
         "model_type": job.model_type.value,
@@ -1150,8 +1437,8 @@ def job_to_dict(job: TrainingJob, steps: Sequence[TrainingJobStep],
             for s in sorted(steps, key=lambda s: s.position)
         ],
         "folds": {
-            "total": job.folds_total,
-            "done": job.folds_done,
+            "total": 0 if evolve else job.folds_total,
+            "done": 0 if evolve else job.folds_done,
             "items": [_item_dict(i) for i in sorted(items, key=lambda i: (i.kind.value, i.fold))],
         },
         "evaluation": evaluation,
@@ -1166,6 +1453,10 @@ def job_to_dict(job: TrainingJob, steps: Sequence[TrainingJobStep],
         "finished_at": isoformat(job.finished_at),
         "duration_s": _duration(job.started_at, job.finished_at),
     }
+    if evolve:
+        out["search_id"] = (job.artifacts or {}).get("search_id")
+        out["trials"] = {"total": job.folds_total, "done": job.folds_done}
+    return out
 
 
 def get_job(session: Session, job_id: str) -> dict[str, Any]:
@@ -1193,12 +1484,16 @@ def list_jobs(
     model_id: str | None = None,
     model_type: str | None = None,
     trigger_reason: str | None = None,
+    kind: str | None = None,
     limit: int = 50,
     after: Sequence[str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[list[str]]]:
-    """Jobs newest first, filtered; fetches `limit + 1` rows. Returns the items and their
-    keyset keys ([created_at, id]) for `app.api.pagination.page`."""
+    """Jobs (every kind unless `kind` says) newest first, filtered; fetches `limit + 1`
+    rows. Returns the items and their keyset keys ([created_at, id]) for
+    `app.api.pagination.page`."""
     q = select(TrainingJob)
+    if kind is not None:
+        q = q.where(TrainingJob.kind == JobKind(kind))
     if status is not None:
         q = q.where(TrainingJob.status == JobStatus(status))
     if model_id is not None:
@@ -1268,15 +1563,16 @@ def job_metrics(session: Session, settings: Settings) -> Iterator[Any]:
 
     by_status = GaugeMetricFamily("clm_training_jobs", "Training jobs by status and trigger",
                                   labels=["status", "trigger_reason"])
+    train = TrainingJob.kind == JobKind.TRAIN  # searches have their own metrics
     for status, reason, count in session.execute(
         select(TrainingJob.status, TrainingJob.trigger_reason, func.count())
-        .group_by(TrainingJob.status, TrainingJob.trigger_reason)
+        .where(train).group_by(TrainingJob.status, TrainingJob.trigger_reason)
     ):
         by_status.add_metric([JobStatus(status).value, TriggerReason(reason).value], count)
     yield by_status
     recovered = session.scalar(
         select(func.coalesce(func.sum(TrainingJob.attempts - 1), 0))
-        .where(TrainingJob.attempts > 1)
+        .where(train, TrainingJob.attempts > 1)
     )
     lost = CounterMetricFamily("clm_training_job_lost_leases",
                                "Stage leases that expired under a worker (retried attempts)")
@@ -1287,7 +1583,7 @@ def job_metrics(session: Session, settings: Settings) -> Iterator[Any]:
     for model_type, status, started, finished in session.execute(
         select(TrainingJob.model_type, TrainingJob.status, TrainingJob.started_at,
                TrainingJob.finished_at)
-        .where(TrainingJob.finished_at >= since, TrainingJob.started_at.is_not(None))
+        .where(train, TrainingJob.finished_at >= since, TrainingJob.started_at.is_not(None))
     ):
         key = (ModelType(model_type).value, JobStatus(status).value)
         jobs_rows.setdefault(key, []).append((finished - started).total_seconds())
@@ -1297,7 +1593,8 @@ def job_metrics(session: Session, settings: Settings) -> Iterator[Any]:
     step_rows: dict[tuple[str, ...], list[float]] = {}
     for name, started, finished in session.execute(
         select(TrainingJobStep.name, TrainingJobStep.started_at, TrainingJobStep.finished_at)
-        .where(TrainingJobStep.status == StepStatus.SUCCEEDED,
+        .join(TrainingJob, TrainingJob.id == TrainingJobStep.job_id)
+        .where(train, TrainingJobStep.status == StepStatus.SUCCEEDED,
                TrainingJobStep.finished_at >= since)
     ):
         step_rows.setdefault((name,), []).append((finished - started).total_seconds())

@@ -13,8 +13,20 @@ Stages and the seed's ten steps:
   parallel across workers; each stores its out-of-sample predictions or the model as an
   artifact and counts itself into the fan-in counter (app.jobs.complete_work_item).
 - evaluate (queue `evaluate`): evaluate (backtest of the concatenated out-of-sample
-  predictions, the gate, champion vs challenger), then register_version and
-  decide_promotion (candidate, or shadow first; failed with the failed criteria).
+  predictions, the gate, champion vs challenger, and the drift reference from the dataset
+  and OOS predictions it has just loaded), then register_version and decide_promotion
+  (candidate, or shadow first; failed with the failed criteria).
+
+A job's `strategy` (what a strategy search found: feature windows, label horizon — the
+purge follows it —, seed, and trading rules: entry/exit thresholds, minimum holding
+period, stop loss / take profit) is honoured end to end: with rules, the out-of-sample
+probabilities become positions through app.evolution.strategy.positions_from_probabilities,
+the very function the search evaluated the candidate with, so the gate judges the
+strategy the search found. The strategy is stored in the version's lineage.
+
+Artifacts: frames are stored as parquet without dictionary encoding (`put_frame`): these
+are float columns, for which dictionary pages cost most of the write time and save
+nothing; any parquet reader (ArtifactStore.get_frame) reads them.
 
 Outcomes: a job that ran to the end *succeeds* whatever the gate said. Passing the gate
 (and the champion, when there is one) registers a `candidate` (`shadow` when
@@ -33,6 +45,7 @@ the worker's main process, with `n_threads` = cores ÷ worker concurrency.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -210,11 +223,30 @@ def _stores(settings: Settings) -> tuple[Any, Any]:
 
 
 def _eval_config(settings: Settings, strategy: dict[str, Any] | None) -> Any:
+    """Walk-forward set-up from settings plus the strategy's thresholds and label horizon
+    (purge None: it follows the horizon)."""
     from app.evaluation import EvaluationConfig
 
-    strat = strategy or {}
-    overrides = {k: strat[k] for k in ("long_threshold", "short_threshold") if k in strat}
-    return EvaluationConfig.from_settings(settings, **overrides)
+    return EvaluationConfig.from_settings(settings, **jobs.strategy_config_overrides(strategy))
+
+
+def put_frame(artifacts: Any, frame: Any) -> Any:
+    """Store a frame as a parquet artifact, fast: plain encoding, lz4 pages.
+
+    ArtifactStore.put_frame dictionary-encodes every column, which for float features
+    (almost all distinct values) costs ~10x the write time and makes the file larger.
+    The bytes are still deterministic for the same frame (content-addressed URIs stay
+    stable) and `ArtifactStore.get_frame` reads them like any parquet.
+    """
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=True)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="lz4", use_dictionary=False)
+    return artifacts.put_bytes(buf.getvalue(), fmt="parquet", suffix=".parquet")
 
 
 def _champion_strategy(settings: Settings, job: dict[str, Any]) -> dict[str, Any] | None:
@@ -228,12 +260,18 @@ def _champion_strategy(settings: Settings, job: dict[str, Any]) -> dict[str, Any
     lineage = prod.get("lineage") or {}
     model = lineage.get("model") or {}
     features = lineage.get("features") or {}
+    strategy = lineage.get("strategy") or {}
+    try:  # the champion trades by its own rules when its strategy had them
+        rules = jobs.trading_rules(strategy)
+    except ValueError:
+        rules = None
     return {
         "version": prod["version"],
         "model_type": prod["model_type"],
         "params": dict(prod.get("params") or {}),
         "windows": features.get("windows"),
         "seed": int(model.get("seed", 0) or 0),
+        "rules": rules.to_dict() if rules is not None else None,
         "metrics": prod.get("metrics"),
     }
 
@@ -265,7 +303,7 @@ def _run_prepare(run: StageRun) -> list[jobs.Dispatch]:
     from app.evaluation import dataset_to_frame, make_folds, prepare_dataset, remap_folds
     from app.features import normalize_windows
     from app.lineage import build_lineage
-    from app.regime import restrict_to_regime
+    from app.regime import restrict_to_regime, summarize_regimes
     from app.trainers import get_trainer
 
     settings, job = run.settings, run.job
@@ -278,7 +316,10 @@ def _run_prepare(run: StageRun) -> list[jobs.Dispatch]:
         cfg = _eval_config(settings, strategy)
         windows = normalize_windows(strategy.get("windows"))
         seed = int(strategy.get("seed", 0))
-        rec.detail.update(model_type=job["model_type"], params=params, seed=seed)
+        rules = jobs.trading_rules(strategy)
+        rec.detail.update(model_type=job["model_type"], params=params, seed=seed,
+                          label_horizon=cfg.label_horizon,
+                          rules=rules.to_dict() if rules is not None else None)
 
     with run.step("fetch_data") as rec:
         coverage = market.coverage(job["symbol"], job["timeframe"])
@@ -287,7 +328,7 @@ def _run_prepare(run: StageRun) -> list[jobs.Dispatch]:
         start, end = jobs.data_window(coverage.last.to_pydatetime(), job["dataset_span_days"],
                                       job["timeframe"])
         frame = market.read(job["symbol"], job["timeframe"], start, end)
-        raw_ref = artifacts.put_frame(frame)
+        raw_ref = put_frame(artifacts, frame)
         rec.detail.update(rows=len(frame), first=isoformat(frame.index[0].to_pydatetime()),
                           last=isoformat(frame.index[-1].to_pydatetime()), uri=raw_ref.uri)
 
@@ -306,7 +347,7 @@ def _run_prepare(run: StageRun) -> list[jobs.Dispatch]:
         dataset = prepare_dataset(frame, cfg, windows)
         if job.get("regime"):  # a regime-specific model learns from that regime's bars only
             dataset = restrict_to_regime(dataset, frame, job["regime"])
-        ds_ref = artifacts.put_frame(dataset_to_frame(dataset))
+        ds_ref = put_frame(artifacts, dataset_to_frame(dataset))
         champion = _champion_strategy(settings, job)
         champ_ds_ref = None
         champ_dataset = dataset
@@ -317,7 +358,7 @@ def _run_prepare(run: StageRun) -> list[jobs.Dispatch]:
                 champ_dataset = prepare_dataset(frame, cfg, champ_windows)
                 if job.get("regime"):
                     champ_dataset = restrict_to_regime(champ_dataset, frame, job["regime"])
-                champ_ds_ref = artifacts.put_frame(dataset_to_frame(champ_dataset))
+                champ_ds_ref = put_frame(artifacts, dataset_to_frame(champ_dataset))
         rec.detail.update(rows=dataset.n_rows, features=len(dataset.feature_names),
                           feature_set_version=dataset.feature_set_version, uri=ds_ref.uri)
 
@@ -334,6 +375,12 @@ def _run_prepare(run: StageRun) -> list[jobs.Dispatch]:
             timeframe=job["timeframe"], evaluation=cfg.to_dict(), folds=folds,
             dataset_uri=raw_ref.uri, dataset_sha256=raw_ref.sha256,
         )
+        # What the search found, as the job ran it (None: the configured defaults).
+        lineage["strategy"] = _lineage_strategy(job.get("strategy"), cfg, windows, seed, rules)
+        # The raw bars are in memory here: their regime summary is cheap now, and the
+        # register step need not read them back (continuous learning's lineage key).
+        with suppress(ValueError):  # too few bars to classify: the regime check recomputes
+            lineage["training_regime"] = summarize_regimes(frame)
         lineage_ref = artifacts.put_json(_clean(lineage))
         rec.detail.update(folds=[f.to_dict() for f in folds],
                           champion=champion["version"] if champion else None)
@@ -397,27 +444,98 @@ def _run_work_item(settings: Settings, claim: dict[str, Any], worker: str,
         return {**_ref(ref), "fit_s": round(fit_s, 4), "train_rows": dataset.n_rows, **common}
     fold = Fold.from_dict(folds[int(item["fold"])])
     pred = train_fold(dataset, fold, trainer, params, seed=seed, n_threads=n_threads)
-    ref = artifacts.put_frame(pred.to_frame())
+    ref = put_frame(artifacts, pred.to_frame())
     return {**_ref(ref), "fit_s": round(pred.fit_seconds, 4),
             "predict_s": round(pred.predict_seconds, 4), "train_rows": pred.train_rows,
             "test_rows": len(pred.timestamps), **common}
 
 
-def evaluate_job(settings: Settings, job: dict[str, Any],
-                 items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Fan-in: backtest the out-of-sample predictions, apply the gate and compare with the
-    champion. Returns the job's evaluation document."""
-    from app.evaluation import (
-        EvaluationConfig,
-        FoldPrediction,
-        apply_gate,
-        compare_champion,
-        evaluate_predictions,
-    )
+def _lineage_strategy(strategy: dict[str, Any] | None, cfg: Any, windows: Any, seed: int,
+                      rules: Any) -> dict[str, Any] | None:
+    """The strategy a job ran, normalized (windows filled, rules with defaults), for the
+    version's lineage; None when the job had none (the configured defaults)."""
+    if not strategy:
+        return None
+    return {
+        "windows": {k: list(v) for k, v in windows.items()},
+        "label_horizon": cfg.label_horizon,
+        "long_threshold": cfg.long_threshold,
+        "short_threshold": cfg.short_threshold,
+        "seed": seed,
+        "rules": rules.to_dict() if rules is not None else None,
+    }
+
+
+def _ordered(predictions: list[Any]) -> list[Any]:
+    """Fold predictions in time order, checked disjoint (as evaluate_predictions does)."""
+    ordered = sorted(predictions, key=lambda p: p.timestamps[0])
+    for a, b in itertools.pairwise(ordered):
+        if a.timestamps[-1] >= b.timestamps[0]:
+            raise ValueError(f"fold {a.fold} and fold {b.fold} overlap in time "
+                             f"({b.timestamps[0]}): out-of-sample slices must be disjoint")
+    return ordered
+
+
+def oos_metrics(dataset: Any, predictions: list[Any], cfg: Any,
+                rules: Any = None) -> dict[str, Any]:
+    """Backtest metrics of the concatenated out-of-sample predictions.
+
+    Without trading rules: `app.evaluation.evaluate_predictions` (P > long → +1, P < short
+    → −1). With rules (a strategy search's candidate): positions from
+    `app.evolution.strategy.positions_from_probabilities` over the whole OOS series, as
+    the search computed them, backtested with the same fees — so the metrics are the
+    search's for the same bars, seed and folds. Same keys either way (plus turnover).
+    """
+    import numpy as np
+    import pandas as pd
+
+    from app.backtest import run_backtest
+    from app.evaluation import evaluate_predictions
+    from app.scoring import promotion_score
+
+    if rules is None:
+        return evaluate_predictions(dataset, predictions, cfg)
+    from app.evolution.strategy import positions_from_probabilities, turnover
+
+    if not predictions:
+        raise ValueError("no fold predictions to evaluate")
+    ordered = _ordered(predictions)
+    stamps = pd.DatetimeIndex(ordered[0].timestamps.append([p.timestamps for p in ordered[1:]]))
+    proba = np.concatenate([np.asarray(p.proba, dtype=np.float64) for p in ordered])
+    rows = dataset.timestamps.get_indexer(stamps)
+    if (rows < 0).any():
+        missing = stamps[int(np.flatnonzero(rows < 0)[0])]
+        raise ValueError(f"prediction timestamp {missing} has no close in the dataset")
+    close = dataset.close[rows]
+    positions = positions_from_probabilities(proba, close, rules)
+    result = run_backtest(close, positions, fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps,
+                          periods_per_year=cfg.periods_per_year, timestamps=stamps)
+    metrics: dict[str, Any] = dict(result.metrics)
+    metrics["promotion_score"] = promotion_score(metrics)
+    metrics["oos_bars"] = len(stamps)
+    metrics["exposure"] = float(np.mean(positions != 0.0))
+    metrics["turnover"] = turnover(positions)
+    metrics["accuracy"] = float(np.mean((proba > 0.5) == (dataset.y[rows] == 1.0)))
+    return metrics
+
+
+@dataclass
+class FanIn:
+    """What the evaluate step loaded and concluded (kept in memory for the drift
+    reference, which needs the same dataset and out-of-sample predictions)."""
+
+    evaluation: dict[str, Any]
+    dataset: Any
+    predictions: list[Any]
+
+
+def _fan_in(settings: Settings, job: dict[str, Any], items: list[dict[str, Any]]) -> FanIn:
+    from app.evaluation import EvaluationConfig, FoldPrediction, apply_gate, compare_champion
 
     artifacts, _ = _stores(settings)
     state = job["artifacts"]
     cfg = EvaluationConfig.from_dict(state["config"])
+    rules = jobs.trading_rules(job.get("strategy"))
 
     def predictions(kind: WorkKind) -> list[Any]:
         out = []
@@ -429,7 +547,8 @@ def evaluate_job(settings: Settings, job: dict[str, Any],
 
     ds_ref = state["dataset"]
     dataset = load_dataset(artifacts, ds_ref)
-    metrics = _clean(evaluate_predictions(dataset, predictions(WorkKind.FOLD), cfg))
+    fold_predictions = predictions(WorkKind.FOLD)
+    metrics = _clean(oos_metrics(dataset, fold_predictions, cfg, rules))
     gate = apply_gate(metrics, settings.gate_for(job["model_type"]))
     failed = list(gate.failed_criteria)
     champion_doc = None
@@ -438,8 +557,9 @@ def evaluate_job(settings: Settings, job: dict[str, Any],
     if champion is not None:
         champ_ref = state.get("champion_dataset") or ds_ref
         champ_ds = dataset if champ_ref is ds_ref else load_dataset(artifacts, champ_ref)
-        champ_metrics = _clean(evaluate_predictions(champ_ds, predictions(WorkKind.CHAMPION),
-                                                    cfg))
+        champ_rules = jobs.trading_rules({"rules": champion.get("rules")})
+        champ_metrics = _clean(oos_metrics(champ_ds, predictions(WorkKind.CHAMPION), cfg,
+                                           champ_rules))
         comparison = compare_champion(metrics, champ_metrics, settings.champion_sharpe_margin)
         champion_doc = {"version": champion["version"], "metrics": champ_metrics,
                         **comparison.to_dict()}
@@ -457,7 +577,7 @@ def evaluate_job(settings: Settings, job: dict[str, Any],
          "attempts": it["attempts"]}
         for it in items
     ]
-    return _clean({
+    evaluation = _clean({
         "metrics": metrics,
         "passed": passed,
         "gate_passed": gate.passed,
@@ -466,8 +586,37 @@ def evaluate_job(settings: Settings, job: dict[str, Any],
         "thresholds": gate.thresholds,
         "champion": champion_doc,
         "config": cfg.to_dict(),
+        "positions": "strategy_rules" if rules is not None else "thresholds",
         "work_items": fold_timings,
     })
+    return FanIn(evaluation, dataset, fold_predictions)
+
+
+def evaluate_job(settings: Settings, job: dict[str, Any],
+                 items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Fan-in: backtest the out-of-sample predictions (under the strategy's trading rules
+    when it has them), apply the gate and compare with the champion. Returns the job's
+    evaluation document."""
+    return _fan_in(settings, job, items).evaluation
+
+
+def drift_lineage(settings: Settings, dataset: Any, predictions: list[Any]) -> dict[str, Any]:
+    """The version's `drift_reference` lineage key, from data already in memory: every
+    training row of the job's dataset and the walk-forward *out-of-sample* probabilities
+    in time order — exactly what app.drift.training_lineage builds after reading them
+    back from the artifacts. Returns {"drift_reference": pointer}."""
+    import numpy as np
+
+    from app.drift import build_reference, save_reference
+
+    oos = [np.asarray(p.proba, dtype=np.float64) for p in _ordered(predictions)]
+    reference = build_reference(
+        dataset.frame_X(), np.concatenate(oos) if oos else None, windows=dataset.windows,
+        train_start=dataset.timestamps[0] if dataset.n_rows else None,
+        train_end=dataset.timestamps[-1] if dataset.n_rows else None,
+    )
+    artifacts, _ = _stores(settings)
+    return {"drift_reference": save_reference(artifacts, reference)}
 
 
 def decide_status(evaluation: dict[str, Any], settings: Settings) -> tuple[str, str]:
@@ -487,19 +636,38 @@ def decide_status(evaluation: dict[str, Any], settings: Settings) -> tuple[str, 
                       "(CLM_AUTO_PROMOTE_TO_CANDIDATE=0): waiting in shadow for a person")
 
 
-def _run_evaluate(run: StageRun) -> dict[str, Any]:
+def _run_evaluate(run: StageRun) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The evaluate step: the evaluation document, and the drift reference built from the
+    dataset and predictions it loaded (kept on the job for a register step that runs
+    elsewhere). Returns (evaluation, drift lineage)."""
     with transaction(run.settings.database_url) as session:
         items = jobs.work_items(session, run.job_id)
     with run.step("evaluate") as rec:
-        evaluation = evaluate_job(run.settings, run.job, items)
+        fan_in = _fan_in(run.settings, run.job, items)
+        evaluation = fan_in.evaluation
+        t0 = time.perf_counter()
+        try:
+            drift = drift_lineage(run.settings, fan_in.dataset, fan_in.predictions)
+        except Exception:  # like app.drift.training_lineage: never fails the job
+            run.log.exception("could not build the drift reference")
+            drift = {}
         rec.detail.update(passed=evaluation["passed"],
                           sharpe=evaluation["metrics"].get("sharpe"),
-                          failed_criteria=[c["name"] for c in evaluation["failed_criteria"]])
-        rec.finish.append(lambda s: jobs.record_evaluation(s, run.job_id, run.owner, evaluation))
-    return evaluation
+                          failed_criteria=[c["name"] for c in evaluation["failed_criteria"]],
+                          drift_reference_s=round(time.perf_counter() - t0, 3))
+
+        def record(session: Session) -> None:
+            jobs.update_artifacts(session, run.job_id, run.owner, {"drift_lineage": drift})
+            jobs.record_evaluation(session, run.job_id, run.owner, evaluation)
+
+        rec.finish.append(record)
+    return evaluation, drift
 
 
-def _run_register(run: StageRun, evaluation: dict[str, Any]) -> None:
+def _run_register(run: StageRun, evaluation: dict[str, Any],
+                  drift: dict[str, Any] | None) -> None:
+    """register_version + decide_promotion. `drift`: the evaluate step's drift lineage;
+    None (a job evaluated before it kept one) rebuilds it from the artifacts."""
     from app import registry
     from app.artifacts import ArtifactStore
     from app.drift import training_lineage
@@ -517,7 +685,9 @@ def _run_register(run: StageRun, evaluation: dict[str, Any]) -> None:
                       "requested_by": job["requested_by"], "attempts": job["attempts"]}
     lineage["artifacts"] = {"dataset": state["dataset"], "raw": state["raw"],
                             "model": {k: final[k] for k in ("uri", "sha256", "format")}}
-    lineage.update(training_lineage(settings, state, items))  # drift reference, regimes
+    if drift is None:  # reads the dataset and predictions back: the slow way
+        drift = training_lineage(settings, state, items)  # drift reference, regimes
+    lineage.update(drift)
     status, reason = decide_status(evaluation, settings)
     actor = f"job:{run.job_id}"
     registered: dict[str, Any] = {}
@@ -559,6 +729,8 @@ def _run_register(run: StageRun, evaluation: dict[str, Any]) -> None:
 # -- executors (what the Celery tasks call) ---------------------------------------------
 def _fail(settings: Settings, job_id: str, owner: str, step: str | None,
           exc: BaseException, label: str | None = None) -> None:
+    if _pool_process_terminating():  # cancelled: not the job's fault (lease -> reaper)
+        raise SystemExit(1)
     where = f"{step or 'task'}: " + (f"{label}: " if label else "")
     if "TimeLimit" in type(exc).__name__:
         message = (f"{where}ran past its time limit "
@@ -570,6 +742,18 @@ def _fail(settings: Settings, job_id: str, owner: str, step: str | None,
             jobs.fail_job(session, job_id, message, owner=owner, step=step)
     except Exception:  # the lease will expire and the reaper decides
         job_logger(log, job_id).exception("could not record the failure")
+
+
+def _pool_process_terminating() -> bool:
+    """True once Celery's pool process got its terminate signal (task cancelled on broker
+    connection loss, soft shutdown, revoke): billiard raises SystemExit from the signal
+    handler, and inside a native callback (XGBoost's data iterator) that SystemExit is
+    swallowed and resurfaces as a library error, which must not fail the job."""
+    try:
+        from billiard.common import terminate_handler_fired
+    except ImportError:  # older billiard, or not in a Celery pool process
+        return False
+    return bool(terminate_handler_fired())
 
 
 def execute_stage(settings: Settings, job_id: str, stage: JobStage | str,
@@ -597,10 +781,11 @@ def execute_stage(settings: Settings, job_id: str, stage: JobStage | str,
             if stage == JobStage.PREPARE:
                 dispatches = _run_prepare(run)
             elif stage == JobStage.EVALUATE:
-                evaluation = _run_evaluate(run)
-                _run_register(run, evaluation)
+                evaluation, drift = _run_evaluate(run)
+                _run_register(run, evaluation, drift)
             else:
-                _run_register(run, job["evaluation"] or {})
+                _run_register(run, job["evaluation"] or {},
+                              (job.get("artifacts") or {}).get("drift_lineage"))
     except jobs.LeaseLost as exc:
         jl.warning("stopped: %s", exc)
         return "lost"

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import re
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -56,6 +57,7 @@ __all__ = [
     "list_decisions",
     "list_tracked",
     "parse_model_id",
+    "record_direct_request",
     "request_training",
     "run_tick",
     "slot_key",
@@ -394,6 +396,55 @@ def request_training(
     return decision
 
 
+def record_direct_request(
+    session: Session,
+    *,
+    model_id: str,
+    job_id: str,
+    created: bool,
+    now: datetime,
+    reason: str = TriggerReason.MANUAL.value,
+    source: str = "api",
+    requested_by: str | None = None,
+    details: Mapping[str, Any] | None = None,
+    regime: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    dataset_span_days: int | None = None,
+) -> TriggerDecision:
+    """Record a training request that was decided on the spot, not by `arbitrate`
+    (POST /clm/train): `created` → **triggered** with the job it started; otherwise
+    **coalesced** into `job_id`, the model's active job that made the request a 409.
+
+    Decided already, so arbitration never sees it. A triggered request is keyed by its job
+    (recording it twice changes nothing); every coalesced request is its own decision.
+    """
+    reason = TriggerReason(reason).value
+    model_type, symbol, timeframe = parse_model_id(model_id)
+    key = f"{source}:job:{job_id}" if created else f"{source}:{uuid.uuid4().hex}"
+    existing = _decision_by_key(session, model_id, reason, key)
+    if existing is not None:
+        return existing
+    if created:
+        outcome, detail = TriggerOutcome.TRIGGERED, (
+            f"started a {reason} job (priority {PRIORITY[reason]}), requested via {source}")
+    else:
+        outcome, detail = TriggerOutcome.COALESCED, (
+            f"a job for {model_id} is already active; the {source} request was answered "
+            "409 with its id")
+    decision = TriggerDecision(
+        model_id=model_id, model_type=ModelType(model_type), symbol=symbol,
+        timeframe=timeframe, reason=TriggerReason(reason), priority=PRIORITY[reason],
+        dedupe_key=key, outcome=TriggerOutcome.PENDING, details=dict(details or {}),
+        regime=regime, params=dict(params) if params is not None else None,
+        dataset_span_days=dataset_span_days, source=source, requested_by=requested_by,
+        requested_at=now,
+    )
+    _decide(decision, outcome, now, job_id=job_id, detail=detail)
+    session.add(decision)
+    session.flush()
+    return decision
+
+
 def _decision_by_key(session: Session, model_id: str, reason: str, key: str
                      ) -> TriggerDecision | None:
     return session.execute(
@@ -413,8 +464,11 @@ def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
 def _job_facts(session: Session, model_ids: Sequence[str]
                ) -> tuple[dict[str, str], dict[str, datetime], dict[str, datetime]]:
     """Per model: its active job id, when its last training finished, when its last job
-    was created (three grouped queries per chunk of ids, not one per model)."""
-    from app.models.jobs import ACTIVE_JOB_STATUSES, TrainingJob
+    was created (three grouped queries per chunk of ids, not one per model). Training jobs
+    only: a strategy search (an evolve job) is not a training."""
+    from app.models.jobs import ACTIVE_JOB_STATUSES, JobKind, TrainingJob
+
+    train = TrainingJob.kind == JobKind.TRAIN
 
     active: dict[str, str] = {}
     finished: dict[str, datetime] = {}
@@ -422,19 +476,21 @@ def _job_facts(session: Session, model_ids: Sequence[str]
     for chunk in _chunks(list(model_ids)):
         for mid, job_id in session.execute(
             select(TrainingJob.model_id, TrainingJob.id).where(
-                TrainingJob.model_id.in_(chunk), TrainingJob.status.in_(ACTIVE_JOB_STATUSES))
+                train, TrainingJob.model_id.in_(chunk),
+                TrainingJob.status.in_(ACTIVE_JOB_STATUSES))
         ):
             active[mid] = job_id
         for mid, last in session.execute(
             select(TrainingJob.model_id, func.max(TrainingJob.finished_at))
-            .where(TrainingJob.model_id.in_(chunk), TrainingJob.finished_at.is_not(None))
+            .where(train, TrainingJob.model_id.in_(chunk),
+                   TrainingJob.finished_at.is_not(None))
             .group_by(TrainingJob.model_id)
         ):
             if last is not None:
                 finished[mid] = ensure_utc(last)
         for mid, last in session.execute(
             select(TrainingJob.model_id, func.max(TrainingJob.created_at))
-            .where(TrainingJob.model_id.in_(chunk)).group_by(TrainingJob.model_id)
+            .where(train, TrainingJob.model_id.in_(chunk)).group_by(TrainingJob.model_id)
         ):
             if last is not None:
                 created[mid] = ensure_utc(last)

@@ -4,6 +4,12 @@ Thin: validate the body (pydantic, 422 naming the field), open the unit of work,
 `app.jobs`, and publish the job to the broker only after the transaction committed. A
 broker that is down does not fail the request: the job is in the database with a
 dispatch deadline and the reaper publishes it.
+
+POST /clm/train is a trigger decision like any other reason to retrain (GET
+/clm/triggers): `triggered` with the job it started, or — answered 409 because the model
+already has an active job — `coalesced` into that job. The decision commits with the job
+(or on its own for a 409). GET /clm/jobs lists every kind of job: `train` and `evolve`
+(strategy searches, POST /clm/evolve); filter with `kind`.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from app.config import Settings
 from app.db import transaction
 from app.domain import JobStatus, ModelType, Timeframe, TriggerReason
 from app.metrics import register_db_metrics
+from app.models.jobs import JobKind
+from app.timeutil import utcnow
 
 bp = Blueprint("jobs", __name__)
 register_db_metrics(jobs.job_metrics)  # GET /metrics: jobs by status, durations
@@ -40,7 +48,9 @@ class TrainBody(StrictModel):
     trigger_reason: TriggerReason = TriggerReason.MANUAL
     regime: Regime | None = Field(None, description="market regime the model is trained for")
     strategy: dict[str, Any] | None = Field(
-        None, description="feature windows / thresholds / seed, as chosen by a strategy search"
+        None, description="what a strategy search chose: windows, label_horizon, "
+                          "long_threshold, short_threshold, seed, rules {entry_threshold, "
+                          "exit_threshold, min_hold_bars, stop_loss, take_profit, allow_short}"
     )
 
 
@@ -49,6 +59,7 @@ class JobListQuery(PageQuery):
     model_id: str | None = Field(None, max_length=120)
     model_type: ModelType | None = None
     trigger_reason: TriggerReason | None = None
+    kind: JobKind | None = Field(None, description="train (the pipeline) or evolve (a search)")
 
 
 def _settings() -> Settings:
@@ -66,16 +77,38 @@ def _settings() -> Settings:
 )
 @require_role("operator")
 def train() -> Any:
+    from app.triggers import record_direct_request
+
     body = parse_body(TrainBody)
     settings = _settings()
+    actor = current_actor()[:120]
+    reason = body.trigger_reason.value
+    conflict: jobs.ActiveJobExists | None = None
     # immediate: read (is a job active?) then write, serialized on SQLite as on PostgreSQL.
     with transaction(settings.database_url, immediate=True) as session:
-        job = jobs.create_training_job(
-            session, settings, model_type=body.model_type.value, symbol=body.symbol,
-            timeframe=body.timeframe.value, dataset_span_days=body.dataset_span_days,
-            params=body.params, trigger_reason=body.trigger_reason.value,
-            requested_by=current_actor()[:120], regime=body.regime, strategy=body.strategy,
-        )
+        now = utcnow()
+        try:
+            job = jobs.create_training_job(
+                session, settings, model_type=body.model_type.value, symbol=body.symbol,
+                timeframe=body.timeframe.value, dataset_span_days=body.dataset_span_days,
+                params=body.params, trigger_reason=reason, requested_by=actor,
+                regime=body.regime, strategy=body.strategy, now=now,
+            )
+        except jobs.ActiveJobExists as exc:
+            conflict = exc  # answered 409 below, once the coalesced decision committed
+            record_direct_request(
+                session, model_id=exc.model_id, job_id=exc.job_id, created=False, now=now,
+                reason=reason, requested_by=actor, regime=body.regime, params=body.params,
+                dataset_span_days=body.dataset_span_days,
+                details={"request": "POST /clm/train"})
+        else:
+            record_direct_request(
+                session, model_id=job["model_id"], job_id=job["job_id"], created=True,
+                now=now, reason=reason, requested_by=actor, regime=body.regime,
+                params=job["params"], dataset_span_days=body.dataset_span_days,
+                details={"request": "POST /clm/train"})
+    if conflict is not None:
+        raise conflict
     # After commit: a worker must find the row the message names.
     jobs.enqueue_job(job["job_id"], settings)
     response = jsonify(
@@ -87,7 +120,8 @@ def train() -> Any:
 
 
 @bp.get("/clm/jobs")
-@documented("List training jobs (newest first)", role="viewer", query=JobListQuery, tag="jobs")
+@documented("List jobs, training and strategy-search (newest first)", role="viewer",
+            query=JobListQuery, tag="jobs")
 @require_role("viewer")
 def list_jobs() -> Any:
     q = parse_query(JobListQuery)
@@ -109,6 +143,7 @@ def list_jobs() -> Any:
             model_id=q.model_id,
             model_type=q.model_type.value if q.model_type else None,
             trigger_reason=q.trigger_reason.value if q.trigger_reason else None,
+            kind=q.kind.value if q.kind else None,
             limit=q.limit,
             after=after,
         )
@@ -128,7 +163,8 @@ def get_job(job_id: str) -> Any:
         try:
             return jsonify(jobs.get_job(session, job_id))
         except jobs.JobNotFound:
-            # POST /clm/evolve's job: its progress lives with the strategy search.
+            # A strategy search started before jobs had kinds (migration 0005) has no
+            # job row: its progress lives with the search.
             from app.evolution.service import search_job
 
             found = search_job(session, job_id)

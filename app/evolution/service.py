@@ -56,6 +56,7 @@ import pandas as pd
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from app import jobs as job_service
 from app.config import Settings
 from app.db import transaction
 from app.domain import TriggerReason, make_model_id, normalize_symbol, timeframe_seconds
@@ -380,6 +381,12 @@ def start_search(
     )
     session.add(row)
     session.flush()
+    # The search's job (GET /clm/jobs): status and progress mirror the search below.
+    job_service.create_evolve_job(
+        session, job_id=job_id, search_id=search_id, model_type=row.model_type, symbol=sym,
+        timeframe=timeframe, dataset_span_days=span, generations=gens,
+        trials_planned=row.population * gens, trigger_reason=trigger_reason,
+        requested_by=requested_by, regime=regime, now=now)
     log.info("strategy search %s created for %s (%d x %d)", search_id, row.model_id,
              row.population, gens)
     return search_dict(row)
@@ -409,6 +416,7 @@ def run_advance(settings: Settings, search_id: str) -> list[EvolutionDispatch]:
         row.advancing_until = now + timedelta(seconds=cfg.trial_lease_s)
         row.status = SearchStatus.RUNNING
         row.updated_at = now
+        job_service.evolve_job_running(session, row.job_id, now=now)
         next_gen = gen + 1
         finished = next_gen >= row.generations
         study_name, population, seed = row.study_name, row.population, row.seed
@@ -466,6 +474,7 @@ def run_advance(settings: Settings, search_id: str) -> list[EvolutionDispatch]:
         row.trials_total = (row.trials_total or 0) + len(created)
         row.updated_at = utcnow()
         session.flush()
+        job_service.evolve_generation_started(session, row.job_id, next_gen, trials=len(asked))
         for cand in created:
             _emit(session, "candidate.created", {
                 "candidate_id": cand.id, "search_id": search_id, "model_id": row.model_id,
@@ -527,6 +536,7 @@ def _claim(settings: Settings, candidate_id: int, token: str,
             "constraints": dict(row.constraints or {}), "study_name": row.study_name,
             "population": row.population, "seed": row.seed, "data_uri": row.data_uri,
             "data_sha256": row.data_sha256, "model_id": row.model_id,
+            "search_job_id": row.job_id,
         }
 
 
@@ -631,6 +641,7 @@ def _record_trial(settings: Settings, job: Mapping[str, Any], token: str,
             .values({search_counter.key: search_counter + 1, "updated_at": now})
             .execution_options(synchronize_session=False)
         )
+        job_service.evolve_trial_recorded(session, job.get("search_job_id"), now=now)
         done = counts.evaluated + counts.failed >= counts.size
         if not done:
             return []
@@ -651,6 +662,10 @@ def _record_trial(settings: Settings, job: Mapping[str, Any], token: str,
                    SearchGeneration.generation == job["generation"])
             .values(hypervolume=hv).execution_options(synchronize_session=False)
         )
+        job_service.evolve_generation_completed(
+            session, job.get("search_job_id"), job["generation"], now=now,
+            detail=_finite({"evaluated": counts.evaluated, "failed": counts.failed,
+                            "hypervolume": hv}))
     log.info("search %s: generation %d complete (hypervolume %.4f)", job["search_id"],
              job["generation"], hv)
     return [dispatch.advance(job["search_id"])]
@@ -681,6 +696,7 @@ def _candidate_view(c: StrategyCandidate) -> dict[str, Any]:
 def run_finish(settings: Settings, search_id: str) -> list[EvolutionDispatch]:
     """Front, regime choices, Deflated Sharpe and hold-out check; the search succeeds."""
     url = settings.database_url
+    finish_started = utcnow()
     with transaction(url) as session:
         row = _search_row(session, search_id)
         names = list(row.objectives)
@@ -770,6 +786,10 @@ def run_finish(settings: Settings, search_id: str) -> list[EvolutionDispatch]:
         row.finished_at = utcnow()
         row.result = _finite(result)
         session.flush()
+        job_service.finish_evolve_job(
+            session, row.job_id, status="succeeded", started_at=finish_started,
+            detail={"chosen_candidate_id": chosen_id, "front": len(result["front"]),
+                    "trials": n_trials})
         if kind == "variants" and chosen_id is not None and EvolutionConfig.from_settings(
                 settings).auto_train_variants:
             training = _auto_train(session, settings, chosen_id,
@@ -832,18 +852,19 @@ def train_candidate(
         timeframe=row.timeframe, dataset_span_days=row.dataset_span_days,
         params=strategy.model_params, trigger_reason=trigger_reason,
         requested_by=requested_by, regime=cand.regime,
-        strategy=_job_strategy(strategy),
+        strategy=_job_strategy(strategy, EvalSettings.from_dict(
+            (row.config or {}).get("evaluation")).seed),
     )
     cand.training_job_id = job["job_id"]
     session.flush()
     return job
 
 
-def _job_strategy(strategy: Any) -> dict[str, Any]:
-    """What the training pipeline accepts of a strategy today (windows, thresholds)."""
-    full = strategy.to_strategy_dict()
-    return {"windows": full["windows"], "long_threshold": full["long_threshold"],
-            "short_threshold": full["short_threshold"]}
+def _job_strategy(strategy: Any, seed: int) -> dict[str, Any]:
+    """Everything the search evaluated, for the training pipeline: windows, label
+    horizon, thresholds, trading rules (exit, minimum hold, stop loss / take profit) and
+    the seed its trials trained with."""
+    return {**strategy.to_strategy_dict(), "seed": int(seed)}
 
 
 # -- variants (the seed's response to degraded performance) -----------------------------

@@ -4,7 +4,14 @@ parallel work items (walk-forward folds, champion folds, the final fit).
 The database is the source of truth for a job: the broker only carries its id. Every
 transition is a conditional UPDATE against these rows (see app/jobs.py), so at-least-once
 delivery is safe. The partial unique index `uq_training_jobs_one_active` lets the database
-itself refuse a second queued/running job for the same model_id.
+itself refuse a second queued/running *training* job for the same model_id.
+
+A job has a `kind`: `train` (the pipeline below) or `evolve` (a strategy search started by
+POST /clm/evolve; its state mirrors the search's, written by app.evolution.service through
+app.jobs, and its steps are the search's generations). A search may run while the model
+trains, so the one-active index covers `train` jobs only; several searches of one model
+may run at once. Only train jobs have stages, leases and work items that the jobs reaper
+looks after; the evolution reaper owns searches.
 """
 
 from __future__ import annotations
@@ -21,8 +28,18 @@ from app.models.base import Base, JSONType
 from app.models.registry import str_enum
 from app.timeutil import utcnow
 
-# Statuses that make a job "active": at most one per model_id (partial unique index).
+# Statuses that make a job "active": at most one train job per model_id (partial unique
+# index).
 ACTIVE_JOB_STATUSES = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+# The index's predicate, shared with migration 0005 (keep the two texts identical).
+ONE_ACTIVE_TRAIN_JOB_WHERE = "status IN ('queued', 'running') AND kind = 'train'"
+
+
+class JobKind(enum.StrEnum):
+    """What a job runs."""
+
+    TRAIN = "train"  # the training pipeline (stages, work items, a registered version)
+    EVOLVE = "evolve"  # a strategy search (app.evolution): status/progress mirror it
 
 
 class JobStage(enum.StrEnum):
@@ -63,6 +80,9 @@ class TrainingJob(Base):
     __tablename__ = "training_jobs"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[JobKind] = mapped_column(
+        str_enum(JobKind, "job_kind"), default=JobKind.TRAIN, server_default=JobKind.TRAIN.value
+    )
     model_id: Mapped[str] = mapped_column(String(120), index=True)
     model_type: Mapped[ModelType] = mapped_column(str_enum(ModelType, "model_type"), index=True)
     symbol: Mapped[str] = mapped_column(String(30))
@@ -87,7 +107,8 @@ class TrainingJob(Base):
     # lease_expires_at is the dispatch deadline (when the reaper publishes again).
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(index=True)
-    # Fan-in counter of the train stage: work items done / total.
+    # Fan-in counter of the train stage: work items done / total. Evolve jobs: trials
+    # recorded / trials planned (population x generations).
     folds_total: Mapped[int] = mapped_column(Integer, default=0)
     folds_done: Mapped[int] = mapped_column(Integer, default=0)
     # URIs and facts passed between steps (dataset, folds, model), never frames.
@@ -101,13 +122,13 @@ class TrainingJob(Base):
     finished_at: Mapped[datetime | None] = mapped_column()
 
     __table_args__ = (
-        # One active job per model_id, enforced by the database itself.
+        # One active train job per model_id, enforced by the database itself.
         Index(
             "uq_training_jobs_one_active",
             "model_id",
             unique=True,
-            postgresql_where=text("status IN ('queued', 'running')"),
-            sqlite_where=text("status IN ('queued', 'running')"),
+            postgresql_where=text(ONE_ACTIVE_TRAIN_JOB_WHERE),
+            sqlite_where=text(ONE_ACTIVE_TRAIN_JOB_WHERE),
         ),
         # Keyset pagination, newest first.
         Index("ix_training_jobs_created_at_id", "created_at", "id"),
@@ -115,7 +136,8 @@ class TrainingJob(Base):
 
 
 class TrainingJobStep(Base):
-    """One of the ten pipeline steps of a job, with its timings."""
+    """One of the ten pipeline steps of a train job (an evolve job: one per generation of
+    its search, then `select_and_validate`), with its timings."""
 
     __tablename__ = "training_job_steps"
 

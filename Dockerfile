@@ -8,8 +8,13 @@ COPY app ./app
 COPY workers ./workers
 COPY migrations ./migrations
 RUN pip install .
-RUN useradd --create-home clm && mkdir -p /var/clm && chown clm /var/clm
+# The volume mount points exist and belong to clm, so new named volumes do too.
+RUN useradd --create-home clm && mkdir -p /var/clm/data /var/clm/artifacts && chown -R clm /var/clm
 USER clm
 ENV CLM_VAR_DIR=/var/clm CLM_DATA_DIR=/var/clm/data CLM_ARTIFACT_ROOT=/var/clm/artifacts
-EXPOSE 8000
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "app:create_app()"]
+VOLUME ["/var/clm/data", "/var/clm/artifacts"]
+EXPOSE 8000 5555
+# The API by default; compose.yaml runs every other process from this image. SIGTERM is
+# each process's graceful stop (`clm worker`: a soft shutdown bounded by
+# CLM_WORKER_SOFT_SHUTDOWN_TIMEOUT_S; `clm serve`: gunicorn's graceful timeout).
+CMD ["clm", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -124,6 +124,9 @@ class Settings:
     broker_visibility_timeout_s: int = 7200
     worker_max_tasks_per_child: int = 20
     worker_max_memory_per_child_kb: int = 2_000_000
+    # SIGTERM: running tasks get this long to finish, then they are cancelled and their
+    # work returned (broker redelivery / the reaper), so a stop never waits on a 30-min fit.
+    worker_soft_shutdown_timeout_s: float = 30.0
     # jobs
     job_lease_seconds: int = 60
     job_max_attempts: int = 3
@@ -229,6 +232,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         worker_max_memory_per_child_kb=_int(
             env, "CLM_WORKER_MAX_MEMORY_PER_CHILD_KB", 2_000_000, minimum=10_000
         ),
+        worker_soft_shutdown_timeout_s=_float(env, "CLM_WORKER_SOFT_SHUTDOWN_TIMEOUT_S", 30.0),
         job_lease_seconds=_int(env, "CLM_JOB_LEASE_SECONDS", 60, minimum=2),
         job_max_attempts=_int(env, "CLM_JOB_MAX_ATTEMPTS", 3, minimum=1),
         reaper_interval_s=_float(env, "CLM_REAPER_INTERVAL_S", 15.0),

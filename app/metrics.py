@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -91,6 +92,7 @@ class FleetCollector(Collector):
         try:
             with transaction(self.settings.database_url) as session:
                 yield from _registry_metrics(session, self.settings)
+                yield from drift_metrics(session, self.settings)
                 for provider in _db_providers:
                     yield from provider(session, self.settings)
         except Exception as exc:  # a scrape must still answer while the database is down
@@ -128,6 +130,72 @@ def _registry_metrics(session: Any, settings: Settings) -> Iterator[Metric]:
         [], float(sum(n for a, n in counts.items() if "rollback" in a or "rolled" in a))
     )
     yield rollbacks
+
+
+def drift_metrics(session: Any, settings: Settings) -> Iterator[Metric]:
+    """Drift scores of the latest check of each model (the drift_reports table).
+
+    - clm_drift_feature_share: share of features whose PSI crossed the threshold (the
+      score compared with CLM_DRIFT_FEATURE_SHARE); clm_drift_max_feature_psi: the worst
+      feature; clm_drift_prediction_psi: the model's output distribution.
+    - clm_drift_detected: 1 when that check called drift.
+    - clm_drift_last_check_timestamp_seconds, and clm_drift_checks by outcome (all time).
+    Models whose last check could not run (status error / insufficient_data) report the
+    timestamp and outcome only.
+    """
+    from sqlalchemy import func, select
+
+    from app.models.continuous import DriftReport
+
+    labels = ["model_id", "version"]
+    share = GaugeMetricFamily(
+        "clm_drift_feature_share", "Share of features drifted (PSI), latest check", labels=labels
+    )
+    max_psi = GaugeMetricFamily(
+        "clm_drift_max_feature_psi", "Largest feature PSI, latest check", labels=labels
+    )
+    prediction_psi = GaugeMetricFamily(
+        "clm_drift_prediction_psi", "PSI of the model's predictions, latest check", labels=labels
+    )
+    detected = GaugeMetricFamily(
+        "clm_drift_detected", "1 when the latest check detected drift", labels=labels
+    )
+    checked = GaugeMetricFamily(
+        "clm_drift_last_check_timestamp_seconds", "When the latest drift check ran",
+        labels=["model_id", "version", "status"],
+    )
+    latest_ids = select(func.max(DriftReport.id)).group_by(DriftReport.model_id)
+    for report in session.scalars(
+        select(DriftReport).where(DriftReport.id.in_(latest_ids.scalar_subquery()))
+    ):
+        key = [report.model_id, report.version]
+        checked_at = report.checked_at
+        if checked_at is not None:
+            if checked_at.tzinfo is None:  # SQLite hands back naive UTC
+                checked_at = checked_at.replace(tzinfo=UTC)
+            checked.add_metric([*key, report.status], checked_at.timestamp())
+        if report.status != "ok":
+            continue
+        share.add_metric(key, float(report.share_drifted or 0.0))
+        feature_psis = [
+            float(f["psi"]) for f in (report.features or {}).get("features", [])
+            if isinstance(f, dict) and isinstance(f.get("psi"), int | float)
+        ]
+        if feature_psis:
+            max_psi.add_metric(key, max(feature_psis))
+        if report.prediction_psi is not None:
+            prediction_psi.add_metric(key, float(report.prediction_psi))
+        detected.add_metric(key, 1.0 if report.drifted else 0.0)
+    yield from (share, max_psi, prediction_psi, detected, checked)
+    outcomes = CounterMetricFamily(
+        "clm_drift_checks", "Drift checks run, by outcome", labels=["status", "drifted"]
+    )
+    for status, drifted, count in session.execute(
+        select(DriftReport.status, DriftReport.drifted, func.count())
+        .group_by(DriftReport.status, DriftReport.drifted)
+    ):
+        outcomes.add_metric([str(status), "true" if drifted else "false"], float(count))
+    yield outcomes
 
 
 def render(settings: Settings) -> bytes:

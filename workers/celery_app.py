@@ -63,7 +63,16 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         # A long task must not keep running after the broker connection is lost: its
         # message comes back and the job lease decides who finishes it.
         worker_cancel_long_running_tasks_on_connection_loss=True,
+        # Soft shutdown (Celery >= 5.5): on a cold shutdown -- SIGQUIT, or SIGTERM when
+        # REMAP_SIGTERM=SIGQUIT, which `clm worker` sets -- running tasks get this long to
+        # finish; the rest are cancelled and their messages returned to the queue (the job
+        # lease and the reaper decide who redoes them). A stop is bounded, not a 30-min wait.
+        worker_soft_shutdown_timeout=settings.worker_soft_shutdown_timeout_s,
+        worker_enable_soft_shutdown_on_idle=False,
         worker_hijack_root_logger=False,
+        # Beat answers `celery inspect ping -d celerybeat@<host>` while its scheduler
+        # ticks (Celery >= 5.7): its liveness probe (python -m app.liveness beat).
+        beat_enable_remote_control=True,
         # Periodic tasks (reaper, scheduler tick, ...): workers/schedule.py.
         beat_schedule=beat_schedule(settings),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
@@ -79,7 +79,47 @@ def unprocessable(field: str, message: str) -> ApiProblem:
     )
 
 
+def _nul_path(value: Any, path: str) -> str | None:
+    """The dotted path of the first string (or key) in a JSON value holding a NUL byte."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return sub
+            found = _nul_path(item, sub)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_path(item, f"{path}.{index}" if path else str(index))
+            if found is not None:
+                return found
+    return None
+
+
+def refuse_nul_bytes() -> None:
+    """Text with a NUL byte (0x00) can never be stored or matched (PostgreSQL text cannot
+    hold it): answer before any view runs, instead of a database error (a 500). A path
+    parameter with one names nothing that can exist (404); a query parameter or a body
+    field is invalid input (422 naming it)."""
+    for name, value in (request.view_args or {}).items():
+        if isinstance(value, str) and "\x00" in value:
+            raise ApiProblem(404, "Not found", f"{name}: no such {name} (it holds a NUL byte)")
+    for key, values in request.args.lists():
+        if "\x00" in key or any("\x00" in v for v in values):
+            raise unprocessable(key.replace("\x00", "\\x00"), "must not contain NUL bytes")
+    if request.is_json and request.content_length:
+        found = _nul_path(request.get_json(silent=True), "")
+        if found is not None:
+            raise unprocessable(found.replace("\x00", "\\x00") or "body",
+                                "must not contain NUL bytes")
+
+
 def init_app(app: Flask) -> None:
+    app.before_request(refuse_nul_bytes)
+
     @app.errorhandler(ApiProblem)
     def _api_problem(exc: ApiProblem) -> Response:
         response = problem_response(

@@ -3,7 +3,9 @@
 `clm events consume` binds the durable queue `clm.inbound` to the inbound event types on
 the exchange `settings.events_exchange` (default clm.events) and handles each message
 once by event id; malformed ones go to the dead-letter record. Stops cleanly on
-SIGINT/SIGTERM after the message in hand.
+SIGINT/SIGTERM after the message in hand. A database or broker outage is waited out
+(retry with backoff), not a reason to exit; the loop touches `var/events-consumer.alive`
+for the liveness probe.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -55,10 +59,75 @@ def consume(queue_name: str | None, max_messages: int | None,
     name = queue_name or INBOUND_QUEUE
     click.echo(f"consuming {', '.join(sorted(INBOUND_TYPES))} from exchange "
                f"{settings.events_exchange} on queue {name}", err=True)
-    handled = run_consumer(settings, queue_name=name, max_messages=max_messages,
-                           idle_timeout=idle_timeout, on_result=report,
-                           should_stop=lambda: stop["now"])
+    heartbeat = Heartbeat(settings.var_dir / "events-consumer.alive")
+
+    def should_stop() -> bool:
+        heartbeat.beat()
+        return stop["now"]
+
+    handled = 0
+    delay = 1.0
+    while True:
+        try:
+            handled += run_consumer(
+                settings, queue_name=name,
+                max_messages=None if max_messages is None else max_messages - handled,
+                idle_timeout=idle_timeout, on_result=report, should_stop=should_stop)
+            break
+        except Exception as exc:
+            # A database or broker outage: the message in hand was requeued. Wait and
+            # consume again rather than exit (a Procfile runner would stop every process).
+            if not _transient(exc) or stop["now"]:
+                raise
+            click.echo(f"consumer: {type(exc).__name__}: {exc}; retrying in {delay:.0f}s",
+                       err=True)
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline and not stop["now"]:
+                heartbeat.beat()  # alive, waiting out the outage
+                time.sleep(0.2)
+            if stop["now"]:
+                break
+            delay = min(delay * 2, 30.0)
     click.echo(f"handled {handled} message(s)", err=True)
+
+
+def _transient(exc: BaseException) -> bool:
+    """Outages worth waiting out: the database or the broker not answering."""
+    from kombu.exceptions import OperationalError as BrokerOperationalError
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    kinds: tuple[type[BaseException], ...] = (
+        OperationalError, BrokerOperationalError, ConnectionError, TimeoutError)
+    try:
+        import redis.exceptions
+
+        kinds += (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+    except ImportError:  # pragma: no cover - redis is a dependency of celery[redis]
+        pass
+    return isinstance(exc, kinds)
+
+
+class Heartbeat:
+    """Touches a file at most every few seconds while the consume loop turns: a liveness
+    probe (`python -m app.liveness events`) checks that its age is small."""
+
+    def __init__(self, path: Path, every_s: float = 5.0) -> None:
+        self.path = path
+        self.every_s = every_s
+        self._last = 0.0
+
+    def beat(self) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.touch()
+        except OSError:
+            pass  # a liveness hint, never a reason to stop consuming
 
 
 @events.command("relay")

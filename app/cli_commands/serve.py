@@ -7,6 +7,9 @@ is not at migration head is refused with a message saying to run `clm db upgrade
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import click
@@ -42,7 +45,10 @@ def _gunicorn(options: dict[str, Any]) -> Any:
             # Built in each worker (no preload): engines and pools are never shared
             # across the fork.
             from app import create_app
+            from app.logs import configure_logging
 
+            settings = get_settings()
+            configure_logging(settings.log_level, settings.log_json)
             return create_app(check_schema=False)
 
     return ClmApplication()
@@ -66,6 +72,8 @@ def serve(host: str, port: int, workers: int, threads: int, timeout: int, dev: b
 
         create_app(check_schema=False).run(host=host, port=port, use_reloader=False)
         return
+    settings = get_settings()
+    _share_http_metrics(settings.var_dir / "prometheus" / f"web-{port}")
     _gunicorn(
         {
             "bind": f"{host}:{port}",
@@ -80,5 +88,47 @@ def serve(host: str, port: int, workers: int, threads: int, timeout: int, dev: b
             # Recent gunicorn opens a control socket at one fixed path per user; two
             # servers on a host would fight over it, and CLM does not use it.
             "control_socket_disable": True,
+            "child_exit": _mark_metrics_dead,
+            # gunicorn's own lines (start-up, access log) in the same JSON shape as CLM's.
+            **({"logconfig_dict": _json_logconfig(settings.log_level)} if settings.log_json
+               else {}),
         }
     ).run()
+
+
+def _share_http_metrics(folder: Path) -> None:
+    """HTTP latency is counted in each gunicorn worker: prometheus_client's multiprocess
+    mode (files under `folder`, emptied at start) makes GET /metrics report all of them,
+    whichever worker answers the scrape. An operator's PROMETHEUS_MULTIPROC_DIR wins."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
+def _mark_metrics_dead(_server: Any, worker: Any) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def _json_logconfig(level: str) -> dict[str, Any]:
+    """gunicorn's loggers through app.logs.JsonFormatter, on stderr (access on stdout)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "app.logs.JsonFormatter"}},
+        "handlers": {
+            "error": {"class": "logging.StreamHandler", "formatter": "json",
+                      "stream": "ext://sys.stderr"},
+            "access": {"class": "logging.StreamHandler", "formatter": "json",
+                       "stream": "ext://sys.stdout"},
+        },
+        "loggers": {
+            "gunicorn.error": {"level": level, "handlers": ["error"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
+        },
+        "root": {"level": level, "handlers": ["error"]},
+    }

@@ -1,10 +1,11 @@
 """`clm worker` and `clm beat`: exec the Celery worker / beat of workers/celery_app.py.
 
 Both replace the `clm` process with `celery` (os.execv), so signals reach Celery directly:
-SIGTERM is a warm shutdown, a second one a cold one. `clm worker` is exactly
+SIGTERM is a soft shutdown (see `worker` below). `clm worker` is exactly
 `celery -A workers.celery_app worker` with CLM's defaults (all queues, the prefork pool
 that keeps training out of the main process, CLM_WORKER_CONCURRENCY), so running plain
-`celery` is equivalent.
+`celery` is equivalent (add REMAP_SIGTERM=SIGQUIT to its environment to get the same
+bounded soft shutdown on SIGTERM).
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ def worker(queues: str, concurrency: int | None, hostname: str | None,
            loglevel: str | None) -> None:
     """A Celery worker of the configured app (exec's `celery ... worker`)."""
     settings = get_settings()
+    # SIGTERM (docker stop, systemd, honcho) starts Celery's soft shutdown instead of an
+    # unbounded warm one: running tasks get CLM_WORKER_SOFT_SHUTDOWN_TIMEOUT_S to finish,
+    # the rest are cancelled and their messages returned. Set REMAP_SIGTERM= (empty) to
+    # keep Celery's plain warm shutdown.
+    os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
     _exec([
         "worker",
         "--queues", queues,

@@ -101,9 +101,13 @@ def test_periodic_due_and_not_due_per_model_type(settings):
     assert all(d["reason"] == "periodic" for d in triggered)
     assert decisions(settings, model_id=ids["nhits"]) == []
 
-    # The periodic clock restarted at the training: ticking again changes nothing.
+    # The periodic clock restarted at the training: ticking again starts nothing. Only the
+    # rejected RL slot may be retried (once per cooldown slot, which depends on the wall
+    # clock), never a model that just trained.
     again = tick(settings, t0 + timedelta(hours=170))
-    assert again.job_ids == [] and again.requested == []
+    assert again.job_ids == []
+    retried = [d for d in decisions(settings) if d["id"] in again.requested]
+    assert all(d["model_id"] == ids["rl_v2"] for d in retried), retried
 
     assert tick(settings, t0 + timedelta(hours=337)).due >= 1
     [nh] = decisions(settings, model_id=ids["nhits"])

@@ -30,10 +30,10 @@ from app.evaluation import (
     train_fold,
 )
 from app.evolution.overfitting import return_moments
-from app.evolution.space import StrategySpace, decode
+from app.evolution.space import StrategyParams, StrategySpace, decode
 from app.evolution.strategy import positions_from_probabilities, turnover
 from app.scoring import promotion_score
-from app.trainers import get_trainer
+from app.trainers import Trainer, get_trainer
 
 __all__ = ["EvalSettings", "TrialResult", "evaluate_holdout", "evaluate_strategy",
            "regime_series"]
@@ -71,6 +71,18 @@ class EvalSettings:
             min_train_rows=self.min_train_rows, min_test_rows=self.min_test_rows,
             periods_per_year=self.periods_per_year,
         )
+
+
+_trainers: dict[str, Trainer] = {}
+
+
+def _trainer(model_type: str) -> Trainer:
+    """The trainer of `model_type`, resolved once per process: trainers are stateless,
+    and resolving one scans the installed entry points (milliseconds, every trial)."""
+    trainer = _trainers.get(model_type)
+    if trainer is None:
+        trainer = _trainers[model_type] = get_trainer(model_type)
+    return trainer
 
 
 @dataclass
@@ -149,9 +161,8 @@ def _regime_metrics(
 
 
 def _strategy_metrics(close: np.ndarray, proba: np.ndarray, stamps: pd.DatetimeIndex,
-                      space: StrategySpace, params: Mapping[str, Any],
+                      strategy: StrategyParams,
                       cfg: EvalSettings) -> tuple[dict[str, Any], BacktestResult]:
-    strategy = decode(space, params)
     positions = positions_from_probabilities(proba, close, strategy.rules)
     bt = run_backtest(close, positions, fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps,
                       periods_per_year=cfg.periods_per_year, timestamps=stamps)
@@ -179,10 +190,14 @@ def evaluate_strategy(
     holdout_start: int,
     regimes: pd.Series | None = None,
     heartbeat: Callable[[], None] | None = None,
+    heartbeat_every_s: float = 0.0,
 ) -> TrialResult:
     """Walk-forward OOS evaluation of one parameter set on frame[:holdout_start].
 
-    `heartbeat` is called after each fold (the trial task extends its lease there).
+    `heartbeat` is called after a fold (the trial task extends its lease there) once at
+    least `heartbeat_every_s` seconds passed since the start or the previous call; the
+    default 0 calls it after every fold. A caller whose lease outlives several folds
+    passes a fraction of it (e.g. a third) and saves a database commit per fold.
     Raises InsufficientData / ValueError when the parameters leave too little data.
     """
     t0 = time.perf_counter()
@@ -191,23 +206,25 @@ def evaluate_strategy(
     ecfg = cfg.evaluation_config(strategy.label_horizon)
     dataset = prepare_dataset(search_frame, ecfg, strategy.windows)
     folds = make_folds(dataset.n_rows, ecfg)
-    trainer = get_trainer(space.model_type)
+    trainer = _trainer(space.model_type)
     model_params = trainer.validate_params(strategy.model_params)
     stamps_parts: list[pd.DatetimeIndex] = []
     proba_parts: list[np.ndarray] = []
+    beat = t0
     for fold in folds:
         pred = train_fold(dataset, fold, trainer, model_params, seed=cfg.seed,
                           n_threads=cfg.n_threads)
         stamps_parts.append(pred.timestamps)
         proba_parts.append(np.asarray(pred.proba, dtype=np.float64))
-        if heartbeat is not None:
+        if heartbeat is not None and time.perf_counter() - beat >= heartbeat_every_s:
             heartbeat()
+            beat = time.perf_counter()
     stamps = stamps_parts[0].append(stamps_parts[1:]) if len(stamps_parts) > 1 \
         else stamps_parts[0]
     proba = np.concatenate(proba_parts)
     rows = dataset.timestamps.get_indexer(stamps)
     close = dataset.close[rows]
-    metrics, bt = _strategy_metrics(close, proba, pd.DatetimeIndex(stamps), space, params, cfg)
+    metrics, bt = _strategy_metrics(close, proba, pd.DatetimeIndex(stamps), strategy, cfg)
     labels_all = regimes if regimes is not None else regime_series(search_frame)
     labels = labels_all.reindex(stamps).fillna("unknown").astype(str).to_numpy()
     regime_metrics = _regime_metrics(bt, labels, bt.periods_per_year)
@@ -236,12 +253,12 @@ def evaluate_holdout(
     if train_end < ecfg.min_train_rows or dataset.n_rows - hs < 2:
         raise ValueError(f"hold-out check needs >= {ecfg.min_train_rows} training rows and "
                          f"2 hold-out rows; got {train_end} and {dataset.n_rows - hs}")
-    trainer = get_trainer(space.model_type)
+    trainer = _trainer(space.model_type)
     fold = Fold(index=0, train_start=0, train_end=train_end, test_start=hs,
                 test_end=dataset.n_rows)
     pred = train_fold(dataset, fold, trainer, trainer.validate_params(strategy.model_params),
                       seed=cfg.seed, n_threads=cfg.n_threads)
     close = dataset.close[hs:]
-    metrics, _bt = _strategy_metrics(close, np.asarray(pred.proba), pred.timestamps, space,
-                                     params, cfg)
+    metrics, _bt = _strategy_metrics(close, np.asarray(pred.proba), pred.timestamps,
+                                     strategy, cfg)
     return metrics

@@ -1105,7 +1105,40 @@ def promote(
 
 
 def _previous_production(session: Session, model_id: str, current: str) -> str | None:
-    """The version `current` replaced when it last entered production (history)."""
+    """The version an un-targeted rollback of `current` returns to.
+
+    Production history is a stack read from the audit log: a promotion (or a rollback
+    to a named version) pushes its version; a rollback without a target pops the version
+    it rolled back from. So v1 → v2 → v3 then rollback, rollback gives v2, then v1: a
+    version that was rolled back from is never returned to by accident (unlike
+    `kubectl rollout undo`, which would toggle back to the bad version). History written
+    before rollbacks were tagged (`details.undo`) counts every entry as a push.
+    """
+    entries = session.execute(
+        select(AuditEntry.version, AuditEntry.action, AuditEntry.details)
+        .where(
+            AuditEntry.model_id == model_id,
+            AuditEntry.action.in_(("version.promoted", "version.rolled_back")),
+        )
+        .order_by(AuditEntry.at, AuditEntry.id)
+    ).all()
+    stack: list[str] = []
+    for version, action, details in entries:
+        if action == "version.rolled_back" and (details or {}).get("undo"):
+            if stack:
+                stack.pop()
+            if not stack or stack[-1] != version:  # a history with gaps: trust the row
+                stack.append(version)
+        elif not stack or stack[-1] != version:
+            stack.append(version)
+    if stack and stack[-1] == current:
+        return stack[-2] if len(stack) > 1 else None
+    return _replaced_by(session, model_id, current)
+
+
+def _replaced_by(session: Session, model_id: str, current: str) -> str | None:
+    """The version `current` replaced when it last entered production (status history):
+    the fallback when the audit log does not end with `current` in production."""
     entered = session.execute(
         select(VersionStatusChange.at, VersionStatusChange.id)
         .where(
@@ -1146,10 +1179,10 @@ def rollback(
 ) -> dict[str, Any]:
     """Put an earlier version back in production, retiring the current one.
 
-    Without `target_version`: the version the current production version replaced
-    (from the history) — like `kubectl rollout undo`, rolling back twice returns to
-    where you started. Conflict when nothing is in production, when there is no
-    previous version (or it was deleted), or when the target is training or failed.
+    Without `target_version`: one step back in the production history (see
+    `_previous_production`): rolling back twice from v3 gives v2, then v1. Conflict
+    when nothing is in production, when there is no previous version (or it was
+    deleted), or when the target is training or failed.
     Same result shape as `promote`; audited as `version.rolled_back`. Serialized like
     `promote` (SQLite: `transaction(url, immediate=True)`).
     """
@@ -1164,7 +1197,8 @@ def rollback(
         raise Conflict(
             f"{model_id} has no production version to roll back from", model_id=model_id
         )
-    if target_version is None:
+    undo = target_version is None
+    if undo:
         target_version = _previous_production(session, model_id, current.version)
         if target_version is None:
             raise Conflict(
@@ -1206,5 +1240,5 @@ def rollback(
         actor=actor,
         reason=reason,
         action="version.rolled_back",
-        details={"token": token, "from_version": current.version},
+        details={"token": token, "from_version": current.version, "undo": undo},
     )

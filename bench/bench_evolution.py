@@ -4,7 +4,8 @@ Every search: the declared xgboost strategy space (trading rules, label horizon,
 windows, learning rate searched) with the model size fixed (`--trees` trees of depth
 `--depth`), walk-forward with `--folds` expanding purged folds on `--bars` SYNTHETIC
 planted 1h bars (20% held out), `--population` x `--generations` trials, seed 11. Every
-trial trains with 1 thread (EvalSettings.n_threads=1, OMP_NUM_THREADS=1).
+trial trains with 1 thread (EvalSettings.n_threads=1) and each worker's OpenMP budget is 1
+(CLM_TRAIN_THREADS=1, as for any machine shared by several workers).
 
 1. Optimizer overhead (in-process, `service.drive_inline`, the units of work the tasks
    run): per trial, the evaluation (walk-forward training + backtest) versus the search's
@@ -20,7 +21,9 @@ trial trains with 1 thread (EvalSettings.n_threads=1, OMP_NUM_THREADS=1).
    finished). Target: 2 workers >= 1.7x 1 worker on >= 2 free cores.
 
 Runs alternate 1 and 2 workers `--repeat` times; best and median are printed with the
-load average (other processes on the machine skew single runs).
+load average (other processes on the machine skew single runs). The CPU the workers
+actually got is read from /proc: on a shared machine it says how much of a shortfall is
+the machine's, not the search's.
 
     .venv/bin/python bench/bench_evolution.py [--db sqlite|postgresql|both]
         [--bars 5000] [--trees 200] [--depth 4] [--folds 3] [--population 16]
@@ -110,7 +113,10 @@ def _environment(url: str, root: Path) -> tuple[Settings, dict[str, str]]:
     env = {"CLM_DATABASE_URL": url, "CLM_VAR_DIR": str(root / "var"),
            "CLM_DATA_DIR": str(root / "var" / "data"),
            "CLM_ARTIFACT_ROOT": str(root / "var" / "artifacts"), "CLM_LOG_JSON": "0",
-           "CLM_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
+           "CLM_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1",
+           # Each worker's thread budget: without it a worker sizes OpenMP to cores ÷ its
+           # own concurrency (2 here), and two workers on two cores oversubscribe them.
+           "CLM_TRAIN_THREADS": "1"}
     os.environ.update(env)
     get_settings.cache_clear()
     dispose_engines()
@@ -188,6 +194,10 @@ def overhead(args: argparse.Namespace, frame: Any, url: str, root: Path) -> Over
     for attr in ("create_study", "load_study", "ask_generation"):
         timed(search, attr, "ask")
     timed(search, "tell_trial", "tell")
+    # Where the storage allows it the tell runs inside the record's transaction (one
+    # commit): it is timed as "tell" and taken out of "record" below.
+    timed(search, "tell_in_session", "tell")
+    joint = search.can_tell_in_session(settings.database_url)
     timed(service, "evaluate_strategy", "evaluate")
     timed(service, "run_finish", "finish")
     # Parts of CLM's bookkeeping, shown separately (names as of this writing).
@@ -208,6 +218,8 @@ def overhead(args: argparse.Namespace, frame: Any, url: str, root: Path) -> Over
     evaluation = timers["evaluate"] - timers["lease"]
     book = total - evaluation - timers["ask"] - timers["tell"] - timers["finish"]
     parts = {k: timers[k] / n * 1e3 for k in ("claim", "lease", "record")}
+    if joint:
+        parts["record"] -= timers["tell"] / n * 1e3
     parts["coordinator+other"] = book / n * 1e3 - sum(parts.values())
     return Overhead(n, evaluation / n * 1e3, timers["ask"] / n * 1e3,
                     timers["tell"] / n * 1e3, book / n * 1e3, timers["finish"], parts)

@@ -148,3 +148,25 @@ def test_fast_tell_replaces_what_an_interrupted_tell_left(db_url: str) -> None:
     assert trial.user_attrs == {"clm_candidate_id": 7}
     assert not search.tell_trial(db_url, "left", asked.trial_id, [9.0, 9.0], {},
                                  population=2, seed=0)
+
+
+def test_tell_in_the_callers_transaction(db_url: str) -> None:
+    """A caller recording the result in CLM's tables can tell in the same commit; a
+    rollback leaves the trial running."""
+    from app.db import transaction
+
+    search.create_study(db_url, "joint", ["maximize"])
+    study = search.load_study(db_url, "joint", 2, 0)
+    (asked,) = search.ask_generation(study, {"a": IntDistribution(1, 9)}, 1, 0)
+    with pytest.raises(RuntimeError), transaction(db_url) as session:
+        assert search.tell_in_session(session, asked.trial_id, [1.0], {"x": 0.0})
+        raise RuntimeError("the caller's record failed")
+    assert search.storage_for(db_url).get_trial(asked.trial_id).state == TrialState.RUNNING
+    with transaction(db_url) as session:
+        assert search.tell_in_session(session, asked.trial_id, [1.0], {"x": 0.0},
+                                      user_attrs={"clm_candidate_id": 3})
+    trial = search.storage_for(db_url).get_trial(asked.trial_id)
+    assert trial.state == TrialState.COMPLETE and trial.values == [1.0]
+    assert trial.constraints == {"x": 0.0} and trial.user_attrs == {"clm_candidate_id": 3}
+    with transaction(db_url) as session:
+        assert not search.tell_in_session(session, asked.trial_id, [2.0])

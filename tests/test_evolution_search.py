@@ -14,7 +14,7 @@ from sqlalchemy import select, text, update
 
 from app.config import Settings
 from app.db import transaction
-from app.evolution import dispatch, service
+from app.evolution import dispatch, search, service
 from app.evolution.space import ParamDef, StrategySpace
 from app.features import DEFAULT_WINDOWS
 from app.models.evolution import CandidateStatus, SearchGeneration, StrategyCandidate
@@ -149,6 +149,13 @@ def test_reaper_recovers_a_dead_trial_and_a_lost_coordinator(
     later = utcnow() + timedelta(seconds=10)
     report = service.reap(settings, now=later)
     assert report.expired_trials == [trials[0].args[0]]
+    # The "dead" worker wakes up late with a result: told and recorded go together, so
+    # a worker that lost its lease neither records nor tells Optuna anything.
+    late = service._record_trial(settings, job, "dead-worker", {"sharpe": 9.0}, None,
+                                 [9.0, 0.0], {"evaluation_ok": 0.0}, None, 1.0,
+                                 tell_attrs={"clm_candidate_id": job["candidate_id"]})
+    assert late == []
+    assert search.trial_state(settings.database_url, job["optuna_trial_id"]) == "RUNNING"
     # The re-published trial completes the generation; its advance message is "lost".
     out = service.run_trial(settings, trials[0].args[0])
     assert [d.task for d in out] == [dispatch.ADVANCE_TASK]
@@ -164,6 +171,16 @@ def test_reaper_recovers_a_dead_trial_and_a_lost_coordinator(
     result = service.drive_inline(settings, sid, timeout_s=120)
     assert result["status"] == "succeeded" and result["trials_evaluated"] + \
         result["trials_failed"] == 8
+    storage = search.storage_for(settings.database_url)
+    with transaction(settings.database_url) as session:
+        recorded = session.scalars(select(StrategyCandidate)
+                                   .where(StrategyCandidate.search_id == sid)).all()
+    for cand in recorded:  # every recorded trial was told, once, with its own values
+        told = storage.get_trial(cand.optuna_trial_id)
+        assert told.state.name == "COMPLETE"
+        assert told.user_attrs["clm_candidate_id"] == cand.id
+        if cand.objectives:
+            assert told.values == list(cand.objectives.values())
     # A duplicate delivery of a finished trial or of the coordinator is a no-op.
     assert service.run_trial(settings, trials[0].args[0]) == []
     assert service.run_advance(settings, sid) == []

@@ -302,23 +302,31 @@ def test_delete_refuses_production_and_keeps_history(db_url):
 
 
 def test_rollback_restores_the_previous_production_version(db_url):
-    v1, v2, v3 = (register(db_url)["version"] for _ in range(3))
+    v1, v2, v3, v4 = (register(db_url)["version"] for _ in range(4))
     with pytest.raises(Conflict, match="no production"):
         rollback(db_url)
     promote(db_url, v1)
     with pytest.raises(Conflict, match="no previous"):
         rollback(db_url)
     promote(db_url, v2)
+    promote(db_url, v3)
 
     result = rollback(db_url)
-    assert result["production"]["version"] == v1
-    assert result["retired"]["version"] == v2
-    assert production_version(db_url) == v1
-    # Undo of the undo (like `kubectl rollout undo`): back to v2.
-    assert rollback(db_url)["production"]["version"] == v2
-    # A named target.
-    assert rollback(db_url, target=v3)["production"]["version"] == v3
-    assert rollback(db_url, target=v3)["noop"] is True
+    assert result["production"]["version"] == v2
+    assert result["retired"]["version"] == v3
+    assert production_version(db_url) == v2
+    # A second rollback walks further back; it never returns to v3, the version just
+    # rolled back from (no `kubectl rollout undo` toggle back to a bad model).
+    assert rollback(db_url)["production"]["version"] == v1
+    with pytest.raises(Conflict, match="no previous"):
+        rollback(db_url)
+    # A named target is a deliberate choice: it goes on top of the history...
+    assert rollback(db_url, target=v4)["production"]["version"] == v4
+    assert rollback(db_url, target=v4)["noop"] is True
+    # ...so rolling it back returns to what was in production before it.
+    assert rollback(db_url)["production"]["version"] == v1
+    promote(db_url, v2)
+    assert rollback(db_url)["production"]["version"] == v1
     with pytest.raises(NotFound):
         rollback(db_url, target="v19990101_000000_001")
 
@@ -328,10 +336,13 @@ def test_rollback_restores_the_previous_production_version(db_url):
             .where(AuditEntry.action == "version.rolled_back")
             .order_by(AuditEntry.id)
         ).all()
-    assert [(e.version, e.details["from_version"], e.actor) for e in entries] == [
-        (v1, v2, "bob"),
-        (v2, v1, "bob"),
-        (v3, v2, "bob"),
+    assert [(e.version, e.details["from_version"], e.details["undo"], e.actor)
+            for e in entries] == [
+        (v2, v3, True, "bob"),
+        (v1, v2, True, "bob"),
+        (v4, v1, False, "bob"),
+        (v1, v4, True, "bob"),
+        (v1, v2, True, "bob"),
     ]
     assert_never_two_production(db_url)
 

@@ -53,10 +53,12 @@ from sqlalchemy.exc import OperationalError
 __all__ = [
     "AskedTrial",
     "ask_generation",
+    "can_tell_in_session",
     "create_study",
     "load_study",
     "make_sampler",
     "storage_for",
+    "tell_in_session",
     "tell_trial",
     "trial_state",
 ]
@@ -562,11 +564,17 @@ def tell_trial(
     `after_trial`, so no sampler is built here.
     """
     storage = storage_for(database_url)
-    fast = _tell_in_one_transaction if _fast_tell_available(storage) else None
-    if fast is not None:
-        return _retry(lambda: fast(storage, int(trial_id), values, constraints, user_attrs))
+    if _fast_tell_available(storage):
+        return _retry(lambda: _tell_in_one_transaction(storage, int(trial_id), values,
+                                                       constraints, user_attrs))
     return _tell_with_study(database_url, study_name, trial_id, values, constraints,
                             population=population, seed=seed, user_attrs=user_attrs)
+
+
+def can_tell_in_session(database_url: str) -> bool:
+    """Whether `tell_in_session` works for this database (Optuna's RDB storage with the
+    table models it writes); otherwise callers use `tell_trial`."""
+    return _fast_tell_available(storage_for(database_url))
 
 
 def _fast_tell_available(storage: Any) -> bool:
@@ -587,13 +595,40 @@ def _tell_in_one_transaction(
     constraints: Mapping[str, float] | None,
     user_attrs: Mapping[str, Any] | None,
 ) -> bool:
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(storage.scoped_session) as session:
+        return _write_tell(session, trial_id, values, constraints, user_attrs)
+
+
+def tell_in_session(
+    session: Any,
+    trial_id: int,
+    values: Sequence[float] | None,
+    constraints: Mapping[str, float] | None = None,
+    *,
+    user_attrs: Mapping[str, Any] | None = None,
+) -> bool:
+    """`tell_trial` inside the caller's transaction on the same database (the caller
+    commits): a caller that records the trial's result in CLM's tables anyway can make
+    the tell and its record one atomic commit. Optuna's tables must be in the session's
+    database (they are: the storage URL is the CLM database URL)."""
+    return _write_tell(session, int(trial_id), values, constraints, user_attrs)
+
+
+def _write_tell(
+    session: Any,
+    trial_id: int,
+    values: Sequence[float] | None,
+    constraints: Mapping[str, float] | None,
+    user_attrs: Mapping[str, Any] | None,
+) -> bool:
     """The rows `Trial.set_constraint` + `set_user_attr` + `study.tell` write, in one
     transaction holding the trial row's lock (a concurrent teller waits, then sees it
     finished). Rows an interrupted earlier attempt may have left are replaced."""
     import json
 
     from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
     from optuna.trial import TrialState
     from sqlalchemy import insert
 
@@ -629,29 +664,29 @@ def _tell_in_one_transaction(
             session.execute(table.delete().where(*(table.c[k] == row[k] for k in keys)))
         session.execute(insert(table), rows)
 
-    with _create_scoped_session(storage.scoped_session) as session:
-        trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
-        if trial.state.is_finished():
-            return False
-        if trial.state != TrialState.RUNNING:
-            raise ValueError(f"cannot tell a {trial.state.name} trial ({trial_id})")
-        attr_keys, attr_columns = ("trial_id", "key"), ("value_json",)
-        put(session, models.TrialUserAttributeModel,
-            [{"trial_id": trial_id, "key": k, "value_json": v} for k, v in user.items()],
-            attr_keys, attr_columns)
-        put(session, models.TrialSystemAttributeModel,
-            [{"trial_id": trial_id, "key": k, "value_json": v} for k, v in system.items()],
-            attr_keys, attr_columns)
-        if floats is not None:
-            value_model = models.TrialValueModel
-            rows = []
-            for objective, v in enumerate(floats):
-                stored, value_type = value_model.value_to_stored_repr(v)
-                rows.append({"trial_id": trial_id, "objective": objective, "value": stored,
-                             "value_type": value_type})
-            put(session, value_model, rows, ("trial_id", "objective"), ("value", "value_type"))
-        trial.state = state
-        trial.datetime_complete = datetime.now()
+    trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+    if trial.state.is_finished():
+        return False
+    if trial.state != TrialState.RUNNING:
+        raise ValueError(f"cannot tell a {trial.state.name} trial ({trial_id})")
+    attr_keys, attr_columns = ("trial_id", "key"), ("value_json",)
+    put(session, models.TrialUserAttributeModel,
+        [{"trial_id": trial_id, "key": k, "value_json": v} for k, v in user.items()],
+        attr_keys, attr_columns)
+    put(session, models.TrialSystemAttributeModel,
+        [{"trial_id": trial_id, "key": k, "value_json": v} for k, v in system.items()],
+        attr_keys, attr_columns)
+    if floats is not None:
+        value_model = models.TrialValueModel
+        rows = []
+        for objective, v in enumerate(floats):
+            stored, value_type = value_model.value_to_stored_repr(v)
+            rows.append({"trial_id": trial_id, "objective": objective, "value": stored,
+                         "value_type": value_type})
+        put(session, value_model, rows, ("trial_id", "objective"), ("value", "value_type"))
+    trial.state = state
+    trial.datetime_complete = datetime.now()
+    session.flush()
     return True
 
 

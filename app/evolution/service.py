@@ -19,7 +19,9 @@ strategy_candidates. Public functions:
 
 The run_* functions are units of work: Optuna's RDBStorage uses its own connections, so
 Optuna calls happen *between* CLM transactions, never inside one (on SQLite a CLM write
-transaction would hold the lock Optuna needs).
+transaction would hold the lock Optuna needs). The one exception is a trial's tell: it
+writes Optuna's rows through CLM's own session, in the transaction that records the
+result (`search.tell_in_session`), so told and recorded commit together.
 
 State machine
   search:    queued ──advance──► running ──last generation complete──► succeeded
@@ -579,6 +581,9 @@ def run_trial(settings: Settings, candidate_id: int) -> list[EvolutionDispatch]:
                 frame, space, job["params"], EvalSettings.from_dict(job["config"]["evaluation"]),
                 holdout_start=hs, regimes=regimes,
                 heartbeat=lambda: _heartbeat(settings, int(candidate_id), token, cfg),
+                # A third of the lease: renewed well before it runs out, without a
+                # commit after every fold of a short trial.
+                heartbeat_every_s=cfg.trial_lease_s / 3,
             )
             metrics, regime_metrics = _finite(result.metrics), _finite(result.regime_metrics)
         except LeaseLost:
@@ -594,18 +599,26 @@ def run_trial(settings: Settings, candidate_id: int) -> list[EvolutionDispatch]:
     else:
         values = [_FAILURE_VALUES[n] for n in names]
         constraints = {**{k: 1.0 for k in constraint_values({}, cons)}, "evaluation_ok": 1.0}
-    search.tell_trial(settings.database_url, job["study_name"], job["optuna_trial_id"], values,
-                      constraints, population=job["population"], seed=job["seed"],
-                      user_attrs={"clm_candidate_id": int(candidate_id)})
+    user_attrs = {"clm_candidate_id": int(candidate_id)}
+    # Told in the record's own transaction where Optuna's storage allows it: the trial
+    # is then told and recorded together or not at all (one commit fewer per trial).
+    joint = search.can_tell_in_session(settings.database_url)
+    if not joint:
+        search.tell_trial(settings.database_url, job["study_name"], job["optuna_trial_id"],
+                          values, constraints, population=job["population"],
+                          seed=job["seed"], user_attrs=user_attrs)
     elapsed = time.perf_counter() - t0
     return _record_trial(settings, job, token, metrics, regime_metrics, values, constraints,
-                         error, elapsed)
+                         error, elapsed, tell_attrs=user_attrs if joint else None)
 
 
 def _record_trial(settings: Settings, job: Mapping[str, Any], token: str,
                   metrics: dict[str, Any] | None, regime_metrics: dict[str, Any] | None,
                   values: list[float], constraints: dict[str, float], error: str | None,
-                  elapsed: float) -> list[EvolutionDispatch]:
+                  elapsed: float, *,
+                  tell_attrs: Mapping[str, Any] | None = None) -> list[EvolutionDispatch]:
+    """Store the result and bump the counters; with `tell_attrs`, tell Optuna in the same
+    transaction (after the lease check, so a worker that lost the trial tells nothing)."""
     names: list[str] = job["objectives"]
     ok = metrics is not None
     now = utcnow()
@@ -626,6 +639,10 @@ def _record_trial(settings: Settings, job: Mapping[str, Any], token: str,
         )
         if result.rowcount != 1:
             return []  # lost the lease; the new owner records (Optuna was told once)
+        if tell_attrs is not None:
+            # False: an earlier attempt told it already (idempotent either way).
+            search.tell_in_session(session, job["optuna_trial_id"], values, constraints,
+                                   user_attrs=tell_attrs)
         column = SearchGeneration.evaluated if ok else SearchGeneration.failed
         counts = session.execute(
             update(SearchGeneration)

@@ -40,6 +40,30 @@ def _run_job_inline(settings: Settings, job_id: str, timeout_s: float = 180) -> 
     raise TimeoutError(f"job {job_id} did not finish")
 
 
+def test_variants_start_from_the_strategy_the_version_was_trained_with() -> None:
+    """The "current" control is the production version's whole strategy: model
+    parameters, windows, label horizon and trading rules read back from its lineage."""
+    from app.evolution.space import space_for
+
+    space = space_for("xgboost")
+    version = {"params": {"n_estimators": 120, "max_depth": 5, "learning_rate": 0.05},
+               "lineage": {"strategy": {
+                   "windows": {"returns": [1, 36]}, "label_horizon": 4,
+                   "long_threshold": 0.58,
+                   "rules": {"entry_threshold": 0.61, "exit_threshold": 0.47,
+                             "min_hold_bars": 6, "stop_loss": 0.02, "take_profit": 0.05,
+                             "allow_short": True}}}}
+    base = service._base_params(space, version)
+    assert base["model_n_estimators"] == 120 and base["model_max_depth"] == 5
+    assert base["window_returns"] == 36 and base["label_horizon"] == 4
+    assert (base["entry_threshold"], base["exit_threshold"]) == (0.61, 0.47)
+    assert (base["min_hold_bars"], base["stop_loss"], base["take_profit"]) == (6, 0.02, 0.05)
+    # Values outside the declared space are snapped into it, not refused.
+    wild = service._base_params(space, {"lineage": {"strategy": {
+        "label_horizon": 99, "rules": {"stop_loss": 0.5}}}})
+    assert wild["label_horizon"] == 12 and wild["stop_loss"] == 0.10
+
+
 @pytest.mark.slow
 def test_degraded_model_gets_variants_and_one_is_trained_through_the_gate(
         sqlite_url: str, make_settings: Callable[..., Settings]) -> None:

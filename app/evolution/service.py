@@ -901,9 +901,15 @@ def _base_params(space: StrategySpace, version: Mapping[str, Any]) -> dict[str, 
         if name in names and value:
             w = max(value) if isinstance(value, list | tuple) else value
             params[name] = space.param(name).snap(w)
-    if "long_threshold" in strategy and "entry_threshold" in names:
-        params["entry_threshold"] = space.param("entry_threshold").snap(
-            strategy["long_threshold"])
+    # The trading rules and label horizon the version was trained with (a candidate's
+    # training job records them in the lineage); rules win over the legacy
+    # long_threshold. Booleans (allow_short) are not searched, so they stay as declared.
+    flat = {"entry_threshold": strategy.get("long_threshold"),
+            "label_horizon": strategy.get("label_horizon"),
+            **(strategy.get("rules") or {})}
+    for name, value in flat.items():
+        if name in names and isinstance(value, int | float) and not isinstance(value, bool):
+            params[name] = space.param(name).snap(value)
     return space.validate(params)
 
 

@@ -15,29 +15,8 @@ from app.db import transaction
 from app.evolution import service
 from app.models.evolution import StrategySearch
 from app.timeutil import utcnow
+from tests.support.pipeline import run_job_inline
 from tests.test_evolution_search import planted_frame
-
-
-def _run_job_inline(settings: Settings, job_id: str, timeout_s: float = 180) -> dict:
-    """Run a training job's stages and work items in this process (the pipeline's own
-    executors, as the Celery tasks call them) until it finishes."""
-    import time
-
-    from app import jobs, pipeline
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with transaction(settings.database_url) as session:
-            job = jobs.get_job(session, job_id)
-            todo = jobs.pending_dispatches(session, job_id)
-        if job["status"] in ("succeeded", "failed"):
-            return job
-        for d in todo:
-            if d.kind is None:
-                pipeline.execute_stage(settings, d.job_id, d.task.rsplit(".", 1)[1])
-            else:
-                pipeline.execute_work_item(settings, d.job_id, d.kind, int(d.fold or 0))
-    raise TimeoutError(f"job {job_id} did not finish")
 
 
 def test_variants_start_from_the_strategy_the_version_was_trained_with() -> None:
@@ -120,7 +99,7 @@ def test_degraded_model_gets_variants_and_one_is_trained_through_the_gate(
             assert 0.8 - 0.02 <= ratio <= 1.2 + 0.02
     training = result["result"]["training"]
     assert training["created"] is True
-    job = _run_job_inline(settings, training["job_id"])
+    job = run_job_inline(settings, training["job_id"])
     # Through the normal gate: an evaluation with the gate's verdict, a registered version.
     assert job["status"] == "succeeded", job.get("error")
     assert job["trigger_reason"] == "performance_degraded"

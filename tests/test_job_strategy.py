@@ -17,7 +17,6 @@ Pipeline stages run in this process with the executors the Celery tasks call.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +29,7 @@ from app.db import transaction
 from app.errors import InvalidInput
 from app.evolution import service
 from app.evolution.space import ParamDef, StrategySpace
+from tests.support.pipeline import run_job_inline
 from tests.test_evolution_search import TINY_WINDOWS, planted_frame
 
 # 1,500 1h bars; the search holds out the last 20 % (300 bars), so it searches the first
@@ -39,23 +39,6 @@ RULES = {"label_horizon": 3, "entry_threshold": 0.53, "exit_threshold": 0.5,
          "min_hold_bars": 3, "stop_loss": 0.006, "take_profit": 0.01}
 METRIC_KEYS = ("sharpe", "total_return", "max_drawdown", "trades", "win_rate",
                "profit_factor", "exposure", "oos_bars")
-
-
-def run_job_inline(settings: Settings, job_id: str, timeout_s: float = 240) -> dict[str, Any]:
-    """Run a training job's stages and work items in this process until it finishes."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with transaction(settings.database_url) as session:
-            job = jobs.get_job(session, job_id)
-            todo = jobs.pending_dispatches(session, job_id)
-        if job["status"] in ("succeeded", "failed"):
-            return job
-        for d in todo:
-            if d.kind is None:
-                pipeline.execute_stage(settings, d.job_id, d.task.rsplit(".", 1)[1])
-            else:
-                pipeline.execute_work_item(settings, d.job_id, d.kind, int(d.fold or 0))
-    raise TimeoutError(f"job {job_id} did not finish in {timeout_s}s")
 
 
 def _space() -> StrategySpace:

@@ -18,10 +18,10 @@ from app.regime import (
 )
 from tests.support.continuous import (
     make_production,
-    run_job_inline,
     seed_market,
     start,
 )
+from tests.support.pipeline import run_job_inline
 
 
 @pytest.fixture(autouse=True)

@@ -95,24 +95,3 @@ def start(n_hours_ago: int) -> datetime:
     return now - pd.Timedelta(hours=n_hours_ago).to_pytimedelta()
 
 
-def run_job_inline(settings: Settings, job_id: str, max_rounds: int = 20) -> dict[str, Any]:
-    """Run a job's pipeline in this process, stage by stage and item by item, exactly as
-    the Celery tasks would (app.pipeline executors), until it finished. Returns the job."""
-    from app import jobs, pipeline
-    from app.db import transaction
-
-    stage_of = {"clm.job.prepare": "prepare", "clm.job.evaluate": "evaluate",
-                "clm.job.register": "register"}
-    for _ in range(max_rounds):
-        with transaction(settings.database_url) as session:
-            pending = jobs.pending_dispatches(session, job_id)
-        if not pending:
-            break
-        for d in pending:
-            if d.task in stage_of:
-                pipeline.execute_stage(settings, job_id, stage_of[d.task], "inline")
-            else:
-                _job, kind, fold = d.args
-                pipeline.execute_work_item(settings, job_id, kind, int(fold), "inline")
-    with transaction(settings.database_url) as session:
-        return jobs.get_job(session, job_id)

@@ -70,3 +70,26 @@ def wait_job(backend: Backend, job_id: str, timeout: float = 120.0) -> dict[str,
         return body if body["status"] in ("succeeded", "failed") else None
 
     return wait_for(finished, timeout=timeout, interval=0.2, what=f"job {job_id}")
+
+
+def run_job_inline(settings: Settings, job_id: str, timeout_s: float = 240) -> dict[str, Any]:
+    """Run a training job's stages and work items in this process with the pipeline's own
+    executors (what the Celery tasks call), until it finishes. Returns the job."""
+    import time
+
+    from app import jobs, pipeline
+    from app.db import transaction
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with transaction(settings.database_url) as session:
+            job = jobs.get_job(session, job_id)
+            todo = jobs.pending_dispatches(session, job_id)
+        if job["status"] in ("succeeded", "failed"):
+            return job
+        for d in todo:
+            if d.kind is None:
+                pipeline.execute_stage(settings, d.job_id, d.task.rsplit(".", 1)[1])
+            else:
+                pipeline.execute_work_item(settings, d.job_id, d.kind, int(d.fold or 0))
+    raise TimeoutError(f"job {job_id} did not finish in {timeout_s}s")

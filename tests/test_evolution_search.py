@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 from sqlalchemy import select, text, update
 
 from app.config import Settings
@@ -234,6 +235,13 @@ def test_http_evolve_candidates_and_train(client: Any, auth: Callable[[str], dic
     job = client.get(f"/clm/jobs/{job_id}", headers=auth("viewer"))
     assert job.status_code == 200 and job.get_json()["status"] == "succeeded"
     assert job.get_json()["progress"] == 1.0 and job.get_json()["search_id"] == sid
+    found = client.get(f"/clm/searches/{sid}", headers=auth("viewer")).get_json()
+    assert found["status"] == "succeeded" and found["chosen_candidate_id"]
+    (stats,) = found["generation_stats"]
+    assert stats["generation"] == 0 and stats["size"] == 4
+    assert stats["evaluated"] + stats["failed"] == 4 and stats["completed_at"]
+    assert stats["hypervolume"] == pytest.approx(found["result"]["hypervolume"])
+    assert client.get("/clm/searches/nope", headers=auth("viewer")).status_code == 404
 
     page1 = client.get(f"/clm/candidates?search_id={sid}&limit=3", headers=auth("viewer"))
     assert page1.status_code == 200

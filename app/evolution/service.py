@@ -1196,7 +1196,17 @@ def search_dict(row: StrategySearch) -> dict[str, Any]:
 
 
 def get_search(session: Session, search_id: str) -> dict[str, Any]:
-    return search_dict(_search_row(session, search_id))
+    """The search with its generations (trials asked, evaluated, failed, hypervolume of
+    the front so far when the generation completed)."""
+    out = search_dict(_search_row(session, search_id))
+    out["generation_stats"] = [
+        {"generation": g.generation, "size": g.size, "evaluated": g.evaluated,
+         "failed": g.failed, "hypervolume": _finite(g.hypervolume),
+         "completed_at": isoformat(g.completed_at)}
+        for g in session.scalars(select(SearchGeneration)
+                                 .where(SearchGeneration.search_id == search_id)
+                                 .order_by(SearchGeneration.generation))]
+    return out
 
 
 def search_job(session: Session, job_id: str) -> dict[str, Any] | None:

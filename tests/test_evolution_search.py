@@ -251,6 +251,10 @@ def test_http_evolve_candidates_and_train(client: Any, auth: Callable[[str], dic
                        headers=auth("viewer")).get_json()
     ids = [c["id"] for c in data["items"] + page2["items"]]
     assert len(ids) == 4 and ids == sorted(set(ids)) and page2["next_cursor"] is None
+    stepped = ("entry_threshold", "exit_threshold", "stop_loss", "take_profit")
+    for cand in data["items"] + page2["items"]:  # on the declared grid, no float noise
+        assert all(cand["params"][k] == round(cand["params"][k], 10) for k in stepped), \
+            cand["params"]
     first = data["items"][0]
     for key in ("id", "search_id", "params", "objectives", "metrics", "pareto", "generation",
                 "parents", "regime", "status"):

@@ -6,8 +6,9 @@ processes — the API (`clm serve`), two Celery workers (`clm worker`: one for t
 evaluate queues, one for the train queue) and `clm beat` — and talks to the API over HTTP
 with a token it creates: it trains XGBoost and LightGBM on both series, shows the
 evaluations and promotion decisions, promotes a version, retrains against it as
-champion, promotes the retrain and rolls back once. Every process it started is stopped
-at the end, on an error and on Ctrl-C.
+champion, promotes the retrain and rolls back once; then it runs a small NSGA-II strategy
+search and shows its Pareto front, Deflated Sharpe and hold-out check. Every process it
+started is stopped at the end, on an error and on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -272,6 +273,65 @@ def _show_evaluations(jobs: list[dict[str, Any]]) -> None:
                        f"(needs {c['op']} {c.get('threshold')})")
 
 
+# A small search: 8 x 2 trials of a fixed small model (the thresholds, windows, label
+# horizon and trading rules are searched), so the section takes seconds, not minutes.
+SEARCH_SPAN_DAYS = 120
+SEARCH_BODY = {"model_type": "xgboost", "symbol": PLANTED, "timeframe": TIMEFRAME,
+               "population": 8, "generations": 2,
+               "space": {"model_n_estimators": 40, "model_max_depth": 3}}
+
+
+def _strategy_search(api: Api, span_days: int, say: Printer, timeout: float) -> str:
+    """POST /clm/evolve, follow the search, show its front and the overfitting guard."""
+    started = api.ok("POST", "/clm/evolve", {**SEARCH_BODY, "dataset_span_days": span_days},
+                     expect=(202,))
+    sid = started["search_id"]
+    say(f"POST /clm/evolve xgboost {PLANTED} ({SEARCH_BODY['population']} x "
+        f"{SEARCH_BODY['generations']} trials; maximize Sharpe, minimize drawdown, trades "
+        f">= 50; each trial walk-forward out of sample) -> 202 search {sid[:8]}…, job "
+        f"{started['job_id'][:8]}…")
+    deadline = time.monotonic() + timeout
+    shown = -1
+    while True:
+        search = api.ok("GET", f"/clm/searches/{sid}")
+        for g in search.get("generation_stats") or []:
+            if g["completed_at"] and g["generation"] > shown:
+                shown = g["generation"]
+                say(f"  generation {g['generation']}: {g['evaluated']} evaluated, "
+                    f"{g['failed']} failed; front hypervolume {_fmt(g['hypervolume'])}")
+        if search["status"] in ("succeeded", "failed"):
+            break
+        if time.monotonic() > deadline:
+            raise DemoError(f"strategy search {sid} still {search['status']} after "
+                            f"{timeout:.0f}s")
+        time.sleep(0.5)
+    if search["status"] == "failed":
+        raise DemoError(f"strategy search {sid} failed: {search.get('error')}")
+    front = api.ok("GET", f"/clm/candidates?search_id={sid}&pareto=true&limit=50")["items"]
+    chosen_id = search.get("chosen_candidate_id")
+    click.echo(f"  {'candidate':>9} {'sharpe':>7} {'MDD':>6} {'trades':>6}  "
+               "entry  exit  hold  horizon  returns-window")
+    for c in sorted(front, key=lambda c: -(c["metrics"].get("sharpe") or 0.0)):
+        m, p = c["metrics"], c["params"]
+        mark = "  <- chosen" if c["id"] == chosen_id else ""
+        click.echo(f"  {c['id']:>9} {_fmt(m.get('sharpe')):>7} "
+                   f"{_fmt(m.get('max_drawdown'), pct=True):>6} {m.get('trades', 0):>6}  "
+                   f"{p.get('entry_threshold', '-'):<5}  {p.get('exit_threshold', '-'):<4}  "
+                   f"{p.get('min_hold_bars', '-'):<4}  {p.get('label_horizon', '-'):<7}  "
+                   f"{p.get('window_returns', '-')}{mark}")
+    result = search.get("result") or {}
+    dsr = result.get("deflated_sharpe") or {}
+    hold = result.get("holdout") or {}
+    say(f"Pareto front: {len(front)} of {search['trials_evaluated']} evaluated; chosen "
+        f"candidate {chosen_id}: Deflated Sharpe Ratio {_fmt(dsr.get('dsr'))} given "
+        f"{dsr.get('n_trials', '?')} trials; final hold-out (bars no trial saw): Sharpe "
+        f"{_fmt(hold.get('holdout_sharpe'))} vs OOS {_fmt(hold.get('oos_sharpe'))} -> "
+        f"{'COLLAPSED (flagged)' if hold.get('collapsed') else 'held up'}")
+    click.echo("  POST /clm/candidates/{id}/train turns a candidate into a training job "
+               "that goes through the same gate.")
+    return sid
+
+
 def run_demo(bars: int, span_days: int, timeout: float) -> None:
     say = Printer()
     settings = get_settings()
@@ -365,8 +425,11 @@ def run_demo(bars: int, span_days: int, timeout: float) -> None:
         for entry in audit.get("items", [])[:4]:
             say(f"  audit: {entry.get('at')} {entry.get('actor')} {entry.get('action')} "
                 f"{entry.get('version')} — {entry.get('reason')}", dim=True)
+
+        say.section("6. Strategy search: NSGA-II over thresholds, windows, horizon, rules")
+        search_id = _strategy_search(api, min(span_days, SEARCH_SPAN_DAYS), say, timeout)
     finally:
-        say.section("6. Stopping the processes this demo started")
+        say.section("7. Stopping the processes this demo started")
         procs.stop_all()
         say(f"stopped {len(procs.procs)} processes; their logs are in {log_dir}")
 
@@ -385,6 +448,7 @@ def run_demo(bars: int, span_days: int, timeout: float) -> None:
     curl -s -H "Authorization: Bearer $TOKEN" localhost:8000/clm/jobs/{retrain_id}
     curl -s -H "Authorization: Bearer $TOKEN" "localhost:8000/clm/models?model_id={model_id}"
     curl -s -H "Authorization: Bearer $TOKEN" localhost:8000/clm/status
+    curl -s -H "Authorization: Bearer $TOKEN" localhost:8000/clm/searches/{search_id}
     curl -s localhost:8000/openapi.json | python -m json.tool | less
   Train something else:
     curl -s -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\

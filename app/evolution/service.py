@@ -423,7 +423,8 @@ def run_advance(settings: Settings, search_id: str) -> list[EvolutionDispatch]:
         finished = next_gen >= row.generations
         study_name, population, seed = row.study_name, row.population, row.seed
         directions = [OBJECTIVES[n].direction for n in row.objectives]
-        distributions = _space_of(row).distributions()
+        space = _space_of(row)
+        distributions = space.distributions()
         fixed = list((row.config or {}).get("fixed") or []) if next_gen == 0 else []
     if finished:
         return run_finish(settings, search_id)
@@ -461,7 +462,9 @@ def run_advance(settings: Settings, search_id: str) -> list[EvolutionDispatch]:
             cand = StrategyCandidate(
                 search_id=search_id, model_id=row.model_id, model_type=row.model_type,
                 generation=next_gen, trial_number=trial.number,
-                optuna_trial_id=trial.trial_id, params=_finite(trial.params),
+                # Snapped onto the declared grid: Optuna's stepped floats carry binary
+                # noise (0.42000000000000004); the value evaluated is the grid value.
+                optuna_trial_id=trial.trial_id, params=_finite(space.snap_all(trial.params)),
                 parents=parents,
                 origin=(meta or {}).get("origin", "random" if next_gen == 0 else "nsga2"),
                 status=CandidateStatus.PENDING, pareto=False, attempts=0, told=False,

@@ -250,6 +250,11 @@ class StrategySpace:
         raise SpaceError(name, f"unknown strategy parameter {name!r} for {self.model_type}; "
                                f"known: {sorted(self.names)}")
 
+    def snap_all(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Every declared parameter snapped onto its grid (others passed through)."""
+        declared = set(self.names)
+        return {k: self.param(k).snap(v) if k in declared else v for k, v in params.items()}
+
     def distributions(self) -> dict[str, Any]:
         return {p.name: p.distribution() for p in self.params}
 

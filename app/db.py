@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import get_settings
 
+T = TypeVar("T")
 _lock = threading.Lock()
 _engines: dict[tuple[int, str], Engine] = {}
 
@@ -112,6 +114,30 @@ def transaction(url: str | None = None, *, immediate: bool = False) -> Iterator[
         raise
     finally:
         session.close()
+
+
+def is_sqlite_busy(exc: BaseException) -> bool:
+    """SQLite's "database is locked" (SQLITE_BUSY, including WAL's BUSY_SNAPSHOT).
+
+    A deferred transaction that read, then writes after another connection committed,
+    gets it at once — the busy timeout does not apply to a stale snapshot. The whole
+    unit of work can simply run again (nothing was committed)."""
+    from sqlalchemy.exc import OperationalError
+
+    return isinstance(exc, OperationalError) and "database is locked" in str(exc).lower()
+
+
+def retry_if_busy(fn: Callable[[], T], attempts: int = 4, delay_s: float = 0.02) -> T:
+    """Run `fn` (one or more whole transactions) again when SQLite reported a lock
+    conflict; any other error, or the last conflict, propagates."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt == attempts - 1 or not is_sqlite_busy(exc):
+                raise
+            time.sleep(delay_s * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def ping(url: str | None = None) -> bool:

@@ -75,6 +75,8 @@ def test_import_then_list(tmp_path: Path, env: dict[str, str]) -> None:
                 "first": "2024-01-01T00:00:00Z",
                 "last": "2024-01-03T21:00:00Z",
                 "rows": 70,
+                "gaps": 0,
+                "missing_bars": 0,
             }
         ]
     }

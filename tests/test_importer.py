@@ -183,7 +183,9 @@ TS3 = T0 + 3 * 3600
 REFUSALS = [
     # (lines, expected line, reason fragment)
     (["timestamp,open,high,low,volume", *ohlcv_rows(2)], 1, "missing column(s): close"),
-    (["time,o,h,l,c,v", *ohlcv_rows(2)], 1, "missing column(s): timestamp, open"),
+    # `time` is a timestamp alias, so the OHLCV names are what is missing
+    (["time,o,h,l,c,v", *ohlcv_rows(2)], 1, "missing column(s): open, high, low"),
+    (["when,open,high,low,close,volume", *ohlcv_rows(2)], 1, "missing column(s): timestamp"),
     (_rows_with(3, f"{TS3},103,104.5,102,abc,13"), 5, "cannot parse close value 'abc'"),
     (_rows_with(3, "yesterday,103,104.5,102,103.5,13"), 5, "cannot parse timestamp 'yesterday'"),
     (_rows_with(3, f"{TS3},103,104.5,102,,13"), 5, "missing value in column 'close'"),

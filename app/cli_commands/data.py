@@ -42,8 +42,8 @@ def data() -> None:
 def import_file(file: Path, symbol: str, timeframe: str) -> None:
     """Validate FILE (CSV, Parquet or Binance kline CSV/zip) and merge it into the store."""
     from app.config import get_settings
-    from app.data.importer import DataValidationError, load_ohlcv
-    from app.data.store import MarketDataStore
+    from app.data.importer import DataValidationError, format_seconds, load_ohlcv
+    from app.data.store import MarketDataStore, SeriesMismatch
 
     if not file.is_file():
         click.echo(f"{file}: no such file", err=True)
@@ -64,12 +64,27 @@ def import_file(file: Path, symbol: str, timeframe: str) -> None:
         bar.close()
 
     store = MarketDataStore(get_settings().data_dir)
-    report = store.merge(symbol, timeframe, result.frame)
+    try:
+        report = store.merge(symbol, timeframe, result.frame)
+    except SeriesMismatch as exc:
+        # same FILE:LINE: reason shape as a refused file; the merge wrote nothing
+        click.echo(f"{file}:{int(result.source_lines[exc.row])}: {exc.reason}", err=True)
+        sys.exit(2)
     fmt_units = "/".join(result.timestamp_units)
     click.echo(
         f"{file}: {result.rows} rows ({result.format}, timestamps {fmt_units}), "
         f"{_iso(result.first)} → {_iso(result.last)}"
     )
+    # What was accepted but changed or unusual, so nothing happens silently.
+    if result.reversed:
+        click.echo("  file was newest first: rows reversed")
+    if result.duplicates_dropped:
+        click.echo(f"  {result.duplicates_dropped} identical duplicate row(s) dropped")
+    if result.grid_offset_seconds:
+        click.echo(
+            f"  bars start {format_seconds(result.grid_offset_seconds)} after the UTC "
+            f"{timeframe} grid (e.g. {_iso(result.first)})"
+        )
     if result.gaps:
         g = result.gaps[0]
         click.echo(
@@ -95,14 +110,25 @@ def list_series(as_json: bool) -> None:
 
     store = MarketDataStore(get_settings().data_dir)
     series = store.list()
+    # Gaps need the timestamps (not just metadata): one column per series, still fast.
+    gaps = {(c.symbol, c.timeframe): store.gap_counts(c.symbol, c.timeframe) for c in series}
     if as_json:
-        click.echo(json.dumps({"items": [c.to_dict() for c in series]}))
+        items = []
+        for c in series:
+            count, missing = gaps[(c.symbol, c.timeframe)]
+            items.append({**c.to_dict(), "gaps": count, "missing_bars": missing})
+        click.echo(json.dumps({"items": items}))
         return
     if not series:
         click.echo(f"no market data in {store.root}")
         return
-    click.echo(f"{'symbol':<16} {'timeframe':<9} {'rows':>10}  {'first':<20}  last")
+    click.echo(
+        f"{'symbol':<16} {'timeframe':<9} {'rows':>10}  {'first':<20}  {'last':<20}  "
+        f"{'gaps':>6} {'missing':>8}"
+    )
     for c in series:
+        count, missing = gaps[(c.symbol, c.timeframe)]
         click.echo(
-            f"{c.symbol:<16} {c.timeframe:<9} {c.rows:>10}  {_iso(c.first):<20}  {_iso(c.last)}"
+            f"{c.symbol:<16} {c.timeframe:<9} {c.rows:>10}  {_iso(c.first):<20}  "
+            f"{_iso(c.last):<20}  {count:>6} {missing:>8}"
         )

@@ -7,6 +7,13 @@ rules. A bad file is refused as a whole with `DataValidationError(file, line,
 reason)`; line numbers are 1-based with the header as line 1 (a header-less file's
 first row is line 1; for Parquet, line = row number). Gaps are reported, not refused.
 
+Real exports vary in ways that are unambiguous, so these are accepted: header case
+and spacing, a `date`/`datetime`/`time`/`open_time` column instead of `timestamp`,
+extra columns (`Adj Close` is ignored: OHLC stay consistent with `Close`), `;` or
+tab separators, trailing blank lines, newest-first order (reversed), identical
+duplicate rows (dropped). Conflicting duplicates, shuffled rows and non-positive
+prices are refused.
+
 Everything is vectorized: pyarrow parses, numpy finds the first offending row, so
 millions of rows take seconds. The slow string path runs only to locate an error.
 """
@@ -35,6 +42,7 @@ __all__ = [
     "Gap",
     "ImportResult",
     "find_gaps",
+    "format_seconds",
     "frame_from_arrays",
     "infer_timeframe",
     "load_ohlcv",
@@ -56,6 +64,12 @@ BINANCE_COLUMNS: tuple[str, ...] = (
     "taker_buy_quote_volume",
     "ignore",
 )
+# Timestamp column names seen in real exports, most specific first. `date` and `time`
+# together usually mean two halves of one timestamp (MetaTrader), which is refused.
+TIMESTAMP_ALIASES: tuple[str, ...] = (
+    "timestamp", "open_time", "datetime", "date_time", "time", "date", "unix", "ts",
+)
+_DELIMITERS: tuple[str, ...] = (",", ";", "\t")
 _INT64_MAX = np.iinfo(np.int64).max
 # Epoch magnitude bands (absolute value): below 1e11 seconds (up to year 5138),
 # below 1e14 milliseconds, below 1e17 microseconds, else nanoseconds.
@@ -103,6 +117,11 @@ class ImportResult:
     timestamp_units: list[str]  # "s" / "ms" / "us" / "ns" / "iso" / "datetime"
     gaps: list[Gap] = field(default_factory=list)
     missing_bars: int = 0
+    # physical line (1-based, as in errors) of each frame row, to name lines later
+    source_lines: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    reversed: bool = False  # the file was newest first
+    duplicates_dropped: int = 0  # identical repeated rows
+    grid_offset_seconds: float | None = None  # bar start offset from the UTC timeframe grid
 
     @property
     def rows(self) -> int:
@@ -141,14 +160,23 @@ def load_ohlcv(
         ts_ns, cols, fmt, units, line_offset = _read_parquet(p)
     else:
         ts_ns, cols, fmt, units, line_offset = _read_csv_like(p, progress)
-    frame = _validate_ohlcv(p, ts_ns, cols, line_offset, tf_seconds)
+    lines = np.arange(len(ts_ns), dtype=np.int64) + line_offset
+    ts_ns, cols, lines, was_reversed = _newest_first_reversed(ts_ns, cols, lines)
+    ts_ns, cols, lines, dropped = _drop_identical_duplicates(ts_ns, cols, lines)
+    frame = _validate_ohlcv(p, ts_ns, cols, lines, tf_seconds)
     spacing = _median_spacing_seconds(ts_ns)
     tf = timeframe if timeframe is not None else infer_timeframe(spacing)
     gaps: list[Gap] = []
     missing = 0
+    offset = None
     if tf is not None:
         gaps, missing = find_gaps(frame.index, tf)
-    return ImportResult(frame, p, fmt, tf, spacing, units, gaps, missing)
+        offset = (int(ts_ns[0]) % (timeframe_seconds(tf) * 1_000_000_000)) / 1e9
+    return ImportResult(
+        frame, p, fmt, tf, spacing, units, gaps, missing,
+        source_lines=lines, reversed=was_reversed, duplicates_dropped=dropped,
+        grid_offset_seconds=offset,
+    )
 
 
 def load_positions(path: str | Path) -> pd.Series:
@@ -243,6 +271,7 @@ class _CsvSource:
     path: Path
     data: bytes | None  # in-memory CSV (zip member); None → read from path
     first_line: str
+    delimiter: str = ","
 
     @classmethod
     def open(cls, path: Path) -> _CsvSource:
@@ -255,20 +284,23 @@ class _CsvSource:
                 head = fh.read(65536)
         text = head.decode("utf-8", errors="replace").lstrip("\ufeff")
         first = text.splitlines()[0] if text.strip() else ""
-        return cls(path, data, first)
+        # The first line's most frequent candidate wins (ties → comma): a `;` file
+        # with decimal commas ("1;100,5;…") still splits on `;`.
+        delimiter = max(_DELIMITERS, key=lambda d: (first.count(d), d == ","))
+        return cls(path, data, first, delimiter)
 
     def stream(self) -> Any:
         return pa.BufferReader(self.data) if self.data is not None else pa.OSFile(str(self.path))
 
     def header_fields(self) -> list[str] | None:
         """The first line's fields if it is a header (first field not a number), else None."""
-        fields = [f.strip().strip('"') for f in self.first_line.split(",")]
+        fields = [f.strip().strip('"') for f in self.first_line.split(self.delimiter)]
         if not fields or not self.first_line.strip():
             return None
         return None if _FLOAT_RE.fullmatch(fields[0]) else fields
 
     def column_count(self) -> int:
-        return len(self.first_line.split(","))
+        return len(self.first_line.split(self.delimiter))
 
 
 def _zip_member(path: Path) -> bytes:
@@ -284,8 +316,13 @@ def _zip_member(path: Path) -> bytes:
         return zf.read(members[0])
 
 
+def _canonical_name(name: str) -> str:
+    """`Open Time` / `open time` / `OPEN_TIME` → `open_time`."""
+    return re.sub(r"\s+", "_", name.strip().lower())
+
+
 def _normalized_header(path: Path, fields: list[str]) -> list[str]:
-    names = [f.strip().lower() for f in fields]
+    names = [_canonical_name(f) for f in fields]
     seen: set[str] = set()
     for name in names:
         if name in seen and name:
@@ -304,18 +341,17 @@ def _read_csv_like(
     header = source.header_fields()
     if header is not None:
         names = _normalized_header(path, header)
-        if names[0] == "open_time" and "timestamp" not in names:
-            fmt, ts_col = "binance", "open_time"
-        else:
-            fmt, ts_col = "csv", "timestamp"
-        missing = [c for c in (ts_col, *OHLCV_COLUMNS) if c not in names]
+        ts_col = _timestamp_column(path, names, 1)
+        fmt = "binance" if ts_col == "open_time" and names[0] == "open_time" else "csv"
+        missing = [c for c in (ts_col, *OHLCV_COLUMNS) if c is None or c not in names]
         if missing:
             raise DataValidationError(
                 path,
                 1,
-                f"missing column(s): {', '.join(missing)} "
+                f"missing column(s): {', '.join(c or 'timestamp' for c in missing)} "
                 f"(header has: {', '.join(header)})",
             )
+        assert ts_col is not None
         skip, line_offset = 1, 2
     else:
         ncols = source.column_count()
@@ -337,6 +373,22 @@ def _read_csv_like(
     return ts_ns, cols, fmt, units, line_offset
 
 
+def _timestamp_column(path: Path, names: list[str], line: int | None) -> str | None:
+    """Which column holds the bar time: the first alias present, None when there is none."""
+    present = [a for a in TIMESTAMP_ALIASES if a in names]
+    if not present:
+        return None
+    if present[0] == "time" and "date" in present:
+        # MetaTrader-style split: joining them needs the user's date format, so ask.
+        raise DataValidationError(
+            path,
+            line,
+            "separate 'date' and 'time' columns: combine them into one 'timestamp' "
+            "column (e.g. 2024-01-01 13:00:00)",
+        )
+    return present[0]
+
+
 def _convert_columns(
     path: Path, table: pa.Table, ts_col: str, line_offset: int
 ) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
@@ -344,10 +396,17 @@ def _convert_columns(
     errors: list[DataValidationError] = []
     if table.column(ts_col).null_count:
         # a blank line parses as a row of nulls: name it for what it is
-        empty = pc.is_null(table.column(ts_col))
+        empty_col = pc.is_null(table.column(ts_col))
         for c in OHLCV_COLUMNS:
-            empty = pc.and_(empty, pc.is_null(table.column(c)))
-        j = _first_true(empty.to_numpy(zero_copy_only=False))
+            empty_col = pc.and_(empty_col, pc.is_null(table.column(c)))
+        empty = np.asarray(empty_col.to_numpy(zero_copy_only=False), dtype=bool)
+        # Blank lines at the end (editors, Excel, `echo >>`) carry no meaning: drop them.
+        keep = len(empty)
+        while keep and empty[keep - 1]:
+            keep -= 1
+        if keep < len(empty):
+            table, empty = table.slice(0, keep), empty[:keep]
+        j = _first_true(empty)
         if j is not None:
             errors.append(DataValidationError(path, j + line_offset, "empty line"))
     ts_ns: np.ndarray = np.empty(0, dtype=np.int64)
@@ -405,7 +464,7 @@ def _first_data_fields(source: _CsvSource, skip: int) -> list[str]:
     lines = head.splitlines()
     if len(lines) <= skip:
         return []
-    return [f.strip().strip('"') for f in lines[skip].split(",")]
+    return [f.strip().strip('"') for f in lines[skip].split(source.delimiter)]
 
 
 def _read_table(
@@ -428,7 +487,9 @@ def _read_table(
             column_names=names, skip_rows=skip, use_threads=False, block_size=_BLOCK_SIZE
         ),
         # Empty lines become all-null rows so every physical line keeps its number.
-        parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, ignore_empty_lines=False),
+        parse_options=pacsv.ParseOptions(
+            delimiter=source.delimiter, invalid_row_handler=on_invalid, ignore_empty_lines=False
+        ),
         convert_options=pacsv.ConvertOptions(
             column_types=types,
             include_columns=wanted,
@@ -480,9 +541,16 @@ def _read_parquet(
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         raise DataValidationError(path, None, f"not a readable Parquet file: {exc}") from exc
-    names = [n.lower() for n in table.column_names]
+    names = [_canonical_name(n) for n in table.column_names]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataValidationError(path, None, f"duplicate column(s): {', '.join(dupes)}")
     table = table.rename_columns(names)
-    ts_col = "timestamp" if "timestamp" in names else "open_time" if "open_time" in names else None
+    ts_col = _timestamp_column(path, names, None)
+    index_col = "__index_level_0__"  # pandas `to_parquet` of an unnamed DatetimeIndex
+    if (ts_col is None and index_col in names
+            and pa.types.is_timestamp(table.schema.field(index_col).type)):
+        ts_col = index_col
     missing = [c for c in OHLCV_COLUMNS if c not in names]
     if ts_col is None:
         missing.insert(0, "timestamp")
@@ -525,9 +593,10 @@ def _float_column(path: Path, col: pa.ChunkedArray, name: str, line_offset: int)
         except pa.ArrowInvalid:
             text = trimmed.to_numpy(zero_copy_only=False).astype(str)
             j = _first_bad_number(text)
-            raise DataValidationError(
-                path, j + line_offset, f"cannot parse {name} value {str(text[j])!r} as a number"
-            ) from None
+            reason = f"cannot parse {name} value {str(text[j])!r} as a number"
+            if re.fullmatch(r"[+-]?\d+,\d+", str(text[j])):
+                reason += " (a decimal comma? use '.' as the decimal separator)"
+            raise DataValidationError(path, j + line_offset, reason) from None
     try:
         values = col.to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, TypeError):
@@ -656,25 +725,57 @@ def _check_order(path: Path, ts_ns: np.ndarray, line_offset: int) -> None:
     raise DataValidationError(path, row + line_offset, reason)
 
 
+def _newest_first_reversed(
+    ts_ns: np.ndarray, cols: dict[str, np.ndarray], lines: np.ndarray
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, bool]:
+    """Reverse a file that is newest first throughout (many exchange and website
+    exports are): unambiguous, unlike a shuffled file, which stays refused."""
+    if len(ts_ns) < 2:
+        return ts_ns, cols, lines, False
+    step = np.diff(ts_ns)
+    if not ((step <= 0).all() and (step < 0).any()):
+        return ts_ns, cols, lines, False
+    return ts_ns[::-1].copy(), {k: v[::-1].copy() for k, v in cols.items()}, lines[::-1], True
+
+
+def _drop_identical_duplicates(
+    ts_ns: np.ndarray, cols: dict[str, np.ndarray], lines: np.ndarray
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, int]:
+    """Drop a row that repeats the previous one exactly (overlapping downloads pasted
+    together); a repeated timestamp with other values stays and is refused."""
+    if len(ts_ns) < 2:
+        return ts_ns, cols, lines, 0
+    same = np.diff(ts_ns) == 0
+    for c in OHLCV_COLUMNS:
+        same &= cols[c][1:] == cols[c][:-1]
+    if not same.any():
+        return ts_ns, cols, lines, 0
+    keep = np.concatenate(([True], ~same))
+    return ts_ns[keep], {k: v[keep] for k, v in cols.items()}, lines[keep], int(same.sum())
+
+
 def _validate_ohlcv(
     path: Path,
     ts_ns: np.ndarray,
     cols: dict[str, np.ndarray],
-    line_offset: int,
+    lines: np.ndarray,
     tf_seconds: int | None,
 ) -> pd.DataFrame:
+    """Refuse the file at the first (physical) line with a problem; `lines[i]` is the
+    line of row i (rows may have been reversed or de-duplicated)."""
     n = len(ts_ns)
     if n == 0:
         raise DataValidationError(path, None, "no data rows")
     o, h, lo, c, v = (cols[k] for k in OHLCV_COLUMNS)
-    # Each check yields its first offending row; the earliest row is reported so the
+    # Each check yields its first offending row; the earliest line is reported so the
     # message points at the first problem a person scrolling the file would meet.
-    problems: list[tuple[int, int, str]] = []  # (row, priority, reason)
+    problems: list[tuple[int, int, str]] = []  # (line, priority, reason)
 
     def first(mask: np.ndarray, priority: int, reason: Callable[[int], str]) -> None:
-        j = _first_true(mask)
-        if j is not None:
-            problems.append((j, priority, reason(j)))
+        rows = np.flatnonzero(mask)
+        if rows.size:
+            j = int(rows[np.argmin(lines[rows])])  # earliest line, not earliest row
+            problems.append((int(lines[j]), priority, reason(j)))
 
     for prio, name in enumerate(OHLCV_COLUMNS):
         arr = cols[name]
@@ -685,28 +786,32 @@ def _validate_ohlcv(
             np.concatenate(([False], step < 0)),
             10,
             lambda j: f"timestamps not sorted: {_fmt_ns(ts_ns[j])} comes after "
-            f"{_fmt_ns(ts_ns[j - 1])} (line {j - 1 + line_offset})",
+            f"{_fmt_ns(ts_ns[j - 1])} (line {lines[j - 1]})",
         )
         first(
             np.concatenate(([False], step == 0)),
             11,
-            lambda j: f"duplicate timestamp {_fmt_ns(ts_ns[j])} "
-            f"(same as line {j - 1 + line_offset})",
+            lambda j: f"duplicate timestamp {_fmt_ns(ts_ns[j])} with different values "
+            f"(same as line {lines[j - 1]})",
         )
+    # Prices must be positive: returns and log features are undefined otherwise.
+    for prio, name in enumerate(("open", "high", "low", "close"), start=15):
+        arr = cols[name]
+        first(arr <= 0, prio, lambda j, a=arr, nm=name: f"{nm} {_num(a[j])} is not positive")
     first(h < lo, 20, lambda j: f"high {_num(h[j])} is below low {_num(lo[j])}")
     first((o < lo) | (o > h), 21, lambda j: f"open {_num(o[j])} is outside {_range(lo[j], h[j])}")
     first((c < lo) | (c > h), 22, lambda j: f"close {_num(c[j])} is outside {_range(lo[j], h[j])}")
     first(v < 0, 23, lambda j: f"volume {_num(v[j])} is negative")
     if problems:
-        j, _, reason = min(problems)
-        raise DataValidationError(path, j + line_offset, reason)
+        line, _, reason = min(problems)
+        raise DataValidationError(path, line, reason)
 
     if tf_seconds is not None and n >= 2:
-        _check_spacing(path, ts_ns, tf_seconds, line_offset)
+        _check_spacing(path, ts_ns, tf_seconds, lines)
     return frame_from_arrays(ts_ns, cols)
 
 
-def _check_spacing(path: Path, ts_ns: np.ndarray, tf_seconds: int, line_offset: int) -> None:
+def _check_spacing(path: Path, ts_ns: np.ndarray, tf_seconds: int, lines: np.ndarray) -> None:
     step = np.diff(ts_ns)
     bar = tf_seconds * 1_000_000_000
     median = float(np.median(step))
@@ -715,20 +820,26 @@ def _check_spacing(path: Path, ts_ns: np.ndarray, tf_seconds: int, line_offset: 
         row = (j if j is not None else 0) + 1
         raise DataValidationError(
             path,
-            row + line_offset,
+            int(lines[row]),
             f"bar spacing does not match timeframe {_tf_name(tf_seconds)}: median spacing is "
-            f"{_fmt_seconds(median / 1e9)}, this bar is {_fmt_seconds(step[row - 1] / 1e9)} "
+            f"{format_seconds(median / 1e9)}, this bar is {format_seconds(step[row - 1] / 1e9)} "
             "after the previous one",
         )
     # Gaps must be whole bars: an off-grid bar means the file mixes timeframes/offsets.
-    j = _first_true(step % bar != 0)
+    off = step % bar
+    j = _first_true(off != 0)
     if j is not None:
-        raise DataValidationError(
-            path,
-            j + 1 + line_offset,
-            f"bar is {_fmt_seconds(step[j] / 1e9)} after the previous one: not a whole "
-            f"number of {_tf_name(tf_seconds)} bars",
+        reason = (
+            f"bar is {format_seconds(step[j] / 1e9)} after the previous one: not a whole "
+            f"number of {_tf_name(tf_seconds)} bars"
         )
+        if tf_seconds >= 86_400 and min(off[j], bar - off[j]) == 3_600_000_000_000:
+            # local-midnight daily bars (yfinance, exchange exports) shift an hour at DST
+            reason += (
+                "; local times across a daylight saving switch? give dates "
+                "(2024-03-11) or UTC times"
+            )
+        raise DataValidationError(path, int(lines[j + 1]), reason)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -762,12 +873,17 @@ def _fmt_ns(value: int | np.integer) -> str:
     return pd.Timestamp(int(value), unit="ns", tz="UTC").isoformat().replace("+00:00", "Z")
 
 
-def _fmt_seconds(secs: float) -> str:
+def format_seconds(secs: float) -> str:
+    """A duration as a timeframe name when it is one (`1h`), else seconds (`90s`)."""
     for name, length in sorted(TIMEFRAMES.items(), key=lambda kv: -kv[1]):
         if secs == length:
             return name
     if secs == int(secs):
-        return f"{int(secs)}s"
+        whole = int(secs)
+        for unit, length in (("h", 3600), ("m", 60)):
+            if whole % length == 0:
+                return f"{whole // length}{unit}"
+        return f"{whole}s"
     return f"{secs:g}s"
 
 

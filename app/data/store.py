@@ -24,10 +24,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from app.data.importer import OHLCV_COLUMNS, Gap, find_gaps, frame_from_arrays
+from app.data.importer import OHLCV_COLUMNS, Gap, find_gaps, format_seconds, frame_from_arrays
 from app.domain import TIMEFRAMES, normalize_symbol, timeframe_seconds
 
-__all__ = ["Coverage", "DataNotFound", "MarketDataStore", "MergeReport"]
+__all__ = ["Coverage", "DataNotFound", "MarketDataStore", "MergeReport", "SeriesMismatch"]
 
 _SCHEMA = pa.schema(
     [("timestamp", pa.timestamp("ns", tz="UTC"))] + [(c, pa.float64()) for c in OHLCV_COLUMNS]
@@ -36,6 +36,16 @@ _SCHEMA = pa.schema(
 
 class DataNotFound(LookupError):
     """No stored data for a symbol/timeframe (or none in the requested window)."""
+
+
+class SeriesMismatch(ValueError):
+    """Incoming bars do not fit the stored series (another bar grid); nothing was written.
+    `row` is the first offending row of the incoming frame."""
+
+    def __init__(self, row: int, reason: str) -> None:
+        self.row = row
+        self.reason = reason
+        super().__init__(reason)
 
 
 @dataclass(frozen=True)
@@ -164,6 +174,18 @@ class MarketDataStore:
         out.sort(key=lambda c: (c.symbol, order[c.timeframe]))
         return out
 
+    def gap_counts(self, symbol: str, timeframe: str) -> tuple[int, int]:
+        """(gaps, missing bars) of a stored series, reading only the timestamp column;
+        (0, 0) when absent."""
+        path = self.path_for(symbol, timeframe)
+        if not path.exists():
+            return 0, 0
+        ts = pq.read_table(path, columns=["timestamp"]).column("timestamp")
+        spacing = np.diff(ts.cast(pa.int64()).to_numpy())
+        bar = timeframe_seconds(timeframe) * 1_000_000_000
+        over = spacing[spacing > bar]
+        return int(over.size), int((over // bar - 1).sum())
+
     @staticmethod
     def _coverage_of(path: Path, symbol: str, timeframe: str) -> Coverage | None:
         meta = pq.ParquetFile(path).metadata
@@ -202,6 +224,8 @@ class MarketDataStore:
                 if old.num_rows:
                     old_ts = old.column("timestamp").cast(pa.int64()).to_numpy()
                     old_vals = np.column_stack([old.column(c).to_numpy() for c in OHLCV_COLUMNS])
+            if len(old_ts):
+                _check_same_grid(sym, timeframe, old_ts[0], new_ts)
             # Both sides are sorted and unique: searchsorted finds the overlap.
             pos = np.searchsorted(old_ts, new_ts)
             overlap = np.zeros(len(new_ts), dtype=bool)
@@ -262,6 +286,28 @@ class MarketDataStore:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _check_same_grid(symbol: str, timeframe: str, stored_first: int, new_ts: np.ndarray) -> None:
+    """Every bar of a series starts a whole number of bars from the first stored one:
+    1h bars at :30 merged into bars at :00 would interleave into a 30m series."""
+    bar = timeframe_seconds(timeframe) * 1_000_000_000
+    off = (new_ts - stored_first) % bar
+    bad = np.flatnonzero(off)
+    if bad.size:
+        j = int(bad[0])
+        stored_at = pd.Timestamp(int(stored_first), unit="ns", tz="UTC")
+        raise SeriesMismatch(
+            j,
+            f"bar {_iso(new_ts[j])} is {format_seconds(int(off[j]) / 1e9)} off the stored "
+            f"{symbol} {timeframe} grid (stored bars start at {_iso(stored_at.value)} and "
+            f"every {timeframe}); the two would interleave. Import it under another "
+            "symbol or timeframe, or shift its timestamps",
+        )
+
+
+def _iso(ns: int | np.integer) -> str:
+    return pd.Timestamp(int(ns), unit="ns", tz="UTC").isoformat().replace("+00:00", "Z")
 
 
 def _check_frame(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

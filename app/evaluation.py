@@ -336,9 +336,13 @@ def make_folds(n_rows: int, cfg: EvaluationConfig) -> list[Fold]:
     n_test = round(n_rows * cfg.test_fraction)
     first_test = n_rows - n_test
     bounds = np.linspace(first_test, n_rows, cfg.n_folds + 1).round().astype(int)
+    for_train = math.ceil((cfg.min_train_rows + purge) / (1 - cfg.test_fraction))
+    for_test = math.ceil(cfg.min_test_rows * cfg.n_folds / cfg.test_fraction)
     need = (
-        f"need at least {math.ceil((cfg.min_train_rows + purge) / (1 - cfg.test_fraction))} "
-        f"and {math.ceil(cfg.min_test_rows * cfg.n_folds / cfg.test_fraction)} rows"
+        f"need at least {max(for_train, for_test)} usable rows (after the features' "
+        f"warm-up): {for_train} for the first fold's training set, {for_test} for "
+        f"{cfg.n_folds} test slices; a longer dataset_span_days or a finer timeframe "
+        "gives more"
     )
     if first_test - purge < cfg.min_train_rows:
         raise InsufficientData(

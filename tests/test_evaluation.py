@@ -82,6 +82,13 @@ def test_too_little_data_is_refused_with_numbers():
         make_folds(800, EvaluationConfig(min_train_rows=500))
     with pytest.raises(InsufficientData, match="test slices"):
         make_folds(1200, EvaluationConfig(n_folds=20, min_train_rows=100))
+    # The minimum the message states is enough.
+    for cfg in (EvaluationConfig(min_train_rows=500), EvaluationConfig(n_folds=20),
+                EvaluationConfig(min_train_rows=137, test_fraction=0.35)):
+        with pytest.raises(InsufficientData, match=r"need at least \d+ usable rows") as err:
+            make_folds(100, cfg)
+        need = int(re.search(r"need at least (\d+)", str(err.value)).group(1))
+        assert len(make_folds(need, cfg)) == cfg.n_folds
     with pytest.raises(InsufficientData):
         run_walk_forward(generate_ohlcv("planted", 300, seed=0), "xgboost", FAST)
 

@@ -447,3 +447,118 @@ def test_openapi_lists_every_registry_route(client):
     params = {p["name"] for p in paths["/clm/models"]["get"]["parameters"]}
     assert {"model_id", "model_type", "symbol", "timeframe", "status", "min_sharpe",
             "created_after", "created_before", "limit", "cursor"} <= params
+
+
+# ---------------------------------------------------------------------------- forged input
+
+
+def _cursor(key: Any) -> str:
+    import base64
+    import json
+
+    return base64.urlsafe_b64encode(json.dumps({"k": key}).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/clm/models", "/clm/audit", "/clm/jobs", "/clm/candidates", "/clm/triggers",
+     "/clm/drift", "/clm/performance", "/clm/events", "/clm/events/dead-letters",
+     "/clm/regimes/champions", "/clm/tracked"],
+)
+@pytest.mark.parametrize("key", [10**30, 2**63, -1, 1.5, {"a": 1}, [1, 2]])
+def test_forged_cursor_is_422_never_500(client, auth, path, key):
+    """A cursor decoding to an out-of-range key names `cursor` (not a database error)."""
+    problem(client.get(f"{path}?cursor={_cursor(key)}", headers=auth("viewer")), 422, "cursor")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/clm/drift/999999999999999999999"),
+        ("get", "/clm/drift/9223372036854775808"),
+        ("get", "/clm/drift/abc"),
+        ("get", "/clm/drift/-1"),
+        ("get", "/clm/drift/0"),
+        ("get", "/clm/candidates/9223372036854775808"),
+        ("get", "/clm/candidates/999999999999999999999"),
+        ("get", "/clm/candidates/%C2%B2"),
+        ("post", "/clm/candidates/%C2%B2/train"),
+        ("get", "/clm/drift/%C2%B2"),
+        ("post", "/clm/candidates/999999999999999999999/train"),
+        ("get", "/clm/searches/999999999999999999999"),
+        ("get", "/clm/jobs/999999999999999999999"),
+        ("get", "/clm/jobs/not-a-uuid"),
+    ],
+)
+def test_impossible_ids_in_other_paths_are_404(client, auth, method, path):
+    problem(getattr(client, method)(path, headers=auth("admin")), 404)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("post", "/clm/models"), ("post", "/clm/promote"), ("post", "/clm/train"),
+     ("patch", f"/clm/models/{MODEL}/versions/v1"), ("post", "/clm/tracked")],
+)
+@pytest.mark.parametrize(
+    "raw",
+    ["[" * 100_000, '{"a":' * 5000 + "1" + "}" * 5000,
+     '{"params":' + '{"a":' * 500 + "1" + "}" * 500 + "}"],
+)
+def test_deeply_nested_json_is_400_naming_the_body(client, auth, method, path, raw):
+    """JSON nested past what the parser (or anything after it) can recurse through is
+    bad input, not a server error."""
+    response = getattr(client, method)(
+        path, data=raw, content_type="application/json", headers=auth("admin"))
+    problem(response, 400, "body")
+
+
+def test_oversized_body_is_413(client, auth):
+    huge = '{"model_type": "xgboost", "params": {"a": "' + "x" * (17 << 20) + '"}}'
+    response = client.post("/clm/models", data=huge, content_type="application/json",
+                           headers=auth("operator"))
+    problem(response, 413, "body")
+
+
+@pytest.mark.parametrize("path", ["/clm/triggers", "/clm/drift", "/clm/events", "/clm/audit"])
+@pytest.mark.parametrize(
+    "since", ["9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00%2B05:00"])
+def test_since_past_the_calendar_is_422(client, auth, path, since):
+    problem(client.get(f"{path}?since={since}", headers=auth("viewer")), 422, "since")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs"),
+    [
+        ("post", "/clm/train", {"data": '{"symbol": "a\\u0000"}'}),
+        ("post", "/clm/train", {"data": "[" * 10_000}),
+        ("get", "/clm/models?model_id=%00", {}),
+        ("get", "/clm/jobs/%00", {}),
+        ("delete", f"/clm/models/{MODEL}/versions/v%00", {}),
+    ],
+)
+def test_token_and_role_are_checked_before_the_input(client, auth, method, path, kwargs):
+    """Missing token 401 and too-low role 403 come first, whatever the input holds."""
+    if "data" in kwargs:
+        kwargs = {**kwargs, "content_type": "application/json"}
+    call = getattr(client, method)
+    problem(call(path, **kwargs), 401)
+    problem(call(path, headers={"Authorization": "Bearer clm_nope"}, **kwargs), 401)
+    below = {"post": "viewer", "get": None, "delete": "operator"}[method]
+    if below is not None:
+        problem(call(path, headers=auth(below), **kwargs), 403)
+
+
+def test_json_sent_without_the_json_content_type_is_400_saying_so(client, auth):
+    """`curl -d '{...}'` sends form encoding: the answer names the Content-Type."""
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", None):
+        kwargs = {"content_type": content_type} if content_type else {}
+        response = client.post("/clm/models", data='{"model_type": "xgboost"}',
+                               headers=auth("operator"), **kwargs)
+        doc = problem(response, 400, "body")
+        assert "Content-Type: application/json" in doc["detail"], doc
+    bad = client.post("/clm/models", data="{nope", content_type="application/json",
+                      headers=auth("operator"))
+    assert "not valid JSON" in problem(bad, 400, "body")["detail"]
+    null = client.post("/clm/models", data="null", content_type="application/json",
+                       headers=auth("operator"))
+    assert "must be a JSON object" in problem(null, 422, "body")["detail"]

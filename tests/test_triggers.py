@@ -5,6 +5,7 @@ harm, and the real Celery tick task."""
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import datetime, timedelta
 from typing import Any
@@ -333,6 +334,33 @@ def test_track_and_untrack_from_the_cli(settings):
     assert out.exit_code == 2 and "not tracked" in out.output
     out = runner.invoke(cli, ["track", "xgboost", "BTC USDT", "1h"])
     assert out.exit_code == 2 and "symbol" in out.output
+
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [({"bogus_param": 1}, "params.bogus_param"), ({"n_estimators": "abc"}, "params.n_estimators"),
+     ({"max_depth": 10**9}, "params.max_depth")],
+)
+def test_tracking_refuses_params_its_trainer_rejects(settings, client, auth, params, field):
+    """Params a retrain would refuse are refused when tracking (422 naming them, as
+    POST /clm/train does), not stored to fail at every later tick; the CLI too."""
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    body = {"model_type": "xgboost", "symbol": "BTCUSDT", "timeframe": "1h", "params": params}
+    bad = client.post("/clm/tracked", json=body, headers=auth("operator"))
+    assert bad.status_code == 422, bad.get_json()
+    assert bad.mimetype == "application/problem+json"
+    assert [e["field"] for e in bad.get_json()["errors"]] == [field]
+    assert client.get("/clm/tracked", headers=auth("viewer")).get_json()["items"] == []
+    out = CliRunner().invoke(cli, ["track", "xgboost", "BTCUSDT", "1h", "--params",
+                                   json.dumps(params)])
+    assert out.exit_code == 2 and field in out.output, out.output
+    good = client.post("/clm/tracked", json={**body, "params": {"max_depth": 3}},
+                       headers=auth("operator"))
+    assert good.status_code == 201 and good.get_json()["params"] == {"max_depth": 3}
 
 
 # -- the real tasks ---------------------------------------------------------------------

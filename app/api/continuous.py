@@ -8,14 +8,14 @@ commit. Viewers read, operators write.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify
 from pydantic import Field, StrictInt, field_validator
 from sqlalchemy import select
 
-from app.api.pagination import PageQuery, decode_cursor, page
+from app.api.pagination import PageQuery, decode_cursor, int_cursor, page
 from app.api.problems import unprocessable
 from app.api.schema import StrictModel, documented, parse_body, parse_query
 from app.api.security import current_actor, require_role
@@ -42,12 +42,7 @@ def _settings() -> Settings:
 
 
 def _int_cursor(cursor: str | None) -> int | None:
-    key = decode_cursor(cursor)
-    if key is None:
-        return None
-    if isinstance(key, bool) or not isinstance(key, int) or key < 0:
-        raise unprocessable("cursor", "not a cursor returned by this API")
-    return key
+    return int_cursor(cursor)
 
 
 class SinceQuery(PageQuery):
@@ -60,6 +55,13 @@ class SinceQuery(PageQuery):
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
             raise ValueError("must include a timezone (e.g. 2025-01-01T00:00:00Z)")
+        if value is not None:
+            # Near the calendar's ends the UTC equivalent may not exist: the client's
+            # mistake (422), not a server error.
+            try:
+                value = value.astimezone(UTC)
+            except OverflowError:
+                raise ValueError("date is out of range") from None
         return value
 
 
@@ -111,6 +113,24 @@ class TrackBody(StrictModel):
     params: dict[str, Any] | None = Field(None, description="trainer hyperparameters")
 
 
+def check_tracked_params(model_type: str, params: dict[str, Any] | None) -> None:
+    """Refuse (InvalidInput naming `params.<key>`) params the model type's trainer would
+    refuse at every retrain; without an installed trainer they cannot be checked yet."""
+    from app.errors import InvalidInput
+    from app.trainers import InvalidParams, TrainerNotAvailable, get_trainer
+
+    if not params:
+        return
+    try:
+        trainer = get_trainer(model_type)
+    except TrainerNotAvailable:
+        return
+    try:
+        trainer.validate_params(dict(params))
+    except InvalidParams as exc:
+        raise InvalidInput(f"params.{exc.key}", str(exc)) from None
+
+
 @bp.get("/clm/tracked")
 @documented("Tracked models: every model with a production version plus those tracked "
             "explicitly, with interval, thresholds and next due time", role="viewer",
@@ -142,6 +162,7 @@ def track() -> Any:
     from app.triggers import track_model
 
     body = parse_body(TrackBody)
+    check_tracked_params(body.model_type.value, body.params)
     settings = _settings()
     with transaction(settings.database_url, immediate=True) as session:
         item, created = track_model(
@@ -203,15 +224,19 @@ def list_drift() -> Any:
     return jsonify(page(items, [r["id"] for r in items], q.limit))
 
 
-@bp.get("/clm/drift/<int:report_id>")
+@bp.get("/clm/drift/<report_id>")
 @documented("One drift report", role="viewer",
             responses={200: "The report", 404: "Unknown report"}, tag=TAG)
 @require_role("viewer")
-def get_drift(report_id: int) -> Any:
+def get_drift(report_id: str) -> Any:
     from app.errors import NotFound
 
+    # An id that cannot exist (not a digit string, or past the database's integer
+    # range) is unknown: 404, never a database error.
+    if not report_id.isascii() or not report_id.isdigit() or len(report_id) > 18:
+        raise NotFound(f"drift report {report_id} not found")
     with transaction(_settings().database_url) as session:
-        row = session.get(DriftReport, report_id)
+        row = session.get(DriftReport, int(report_id))
         if row is None:
             raise NotFound(f"drift report {report_id} not found")
         return jsonify(row.to_dict())

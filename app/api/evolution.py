@@ -13,8 +13,8 @@ from flask import Blueprint, current_app, jsonify
 from pydantic import Field, StrictInt
 
 from app import jobs
-from app.api.pagination import PageQuery, decode_cursor, page
-from app.api.problems import ApiProblem, unprocessable
+from app.api.pagination import PageQuery, int_cursor, page
+from app.api.problems import ApiProblem
 from app.api.schema import StrictModel, documented, parse_body, parse_query
 from app.api.security import current_actor, require_role
 from app.config import Settings
@@ -68,7 +68,7 @@ def _settings() -> Settings:
 
 def _candidate_id(raw: str) -> int:
     # An id that cannot exist is unknown (404), not a validation error.
-    if not raw.isdigit() or len(raw) > 18:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
         raise ApiProblem(404, "Not found", f"no strategy candidate {raw}")
     return int(raw)
 
@@ -83,7 +83,8 @@ def _candidate_id(raw: str) -> int:
 def evolve() -> Any:
     body = parse_body(EvolveBody)
     settings = _settings()
-    with transaction(settings.database_url) as session:
+    # Reads (active searches, data) then writes: serialized on SQLite like /clm/train.
+    with transaction(settings.database_url, immediate=True) as session:
         result = service.start_search(
             session, settings, model_type=body.model_type.value, symbol=body.symbol,
             timeframe=body.timeframe.value, dataset_span_days=body.dataset_span_days,
@@ -129,9 +130,7 @@ def resume_search(search_id: str) -> Any:
 @require_role("viewer")
 def list_candidates() -> Any:
     q = parse_query(CandidateQuery)
-    after = decode_cursor(q.cursor)
-    if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
-        raise unprocessable("cursor", "not a cursor returned by this API")
+    after = int_cursor(q.cursor)
     with transaction(_settings().database_url) as session:
         items, keys = service.list_candidates(
             session, search_id=q.search_id, model_id=q.model_id,
@@ -162,7 +161,7 @@ def get_candidate(candidate_id: str) -> Any:
 def train_candidate(candidate_id: str) -> Any:
     cid = _candidate_id(candidate_id)
     settings = _settings()
-    with transaction(settings.database_url) as session:
+    with transaction(settings.database_url, immediate=True) as session:
         job = service.train_candidate(session, settings, cid,
                                       requested_by=current_actor()[:120])
     jobs.enqueue_job(job["job_id"], settings)

@@ -33,6 +33,17 @@ def decode_cursor(cursor: str | None) -> Any:
         raise unprocessable("cursor", "not a cursor returned by this API") from None
 
 
+def int_cursor(cursor: str | None) -> int | None:
+    """A row-id cursor: a non-negative 64-bit int, else 422 naming `cursor` (a forged key
+    out of the database's integer range must not reach a query)."""
+    key = decode_cursor(cursor)
+    if key is None:
+        return None
+    if isinstance(key, bool) or not isinstance(key, int) or not 0 <= key < 2**63:
+        raise unprocessable("cursor", "not a cursor returned by this API")
+    return key
+
+
 def page(items: list[dict[str, Any]], keys: list[Any], limit: int) -> dict[str, Any]:
     """Build the contract's list shape from `limit + 1` fetched rows."""
     has_more = len(items) > limit

@@ -5,16 +5,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from app.errors import DomainError
 
 log = logging.getLogger(__name__)
 
 PROBLEM_MIME = "application/problem+json"
+# Deeper JSON than this is refused (400) before anything recurses through it: real
+# bodies nest a few levels; thousands of levels exhaust the parser's or our recursion.
+MAX_JSON_DEPTH = 64
+# Request bodies above this are refused with 413 (performance reports are the largest).
+MAX_BODY_BYTES = 16 << 20
 
 
 class ApiProblem(Exception):
@@ -79,6 +84,41 @@ def unprocessable(field: str, message: str) -> ApiProblem:
     )
 
 
+def _too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a parsed JSON value nests containers deeper than `limit` (iterative)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _nesting_problem() -> ApiProblem:
+    message = f"nested deeper than {MAX_JSON_DEPTH} levels"
+    return ApiProblem(400, "Bad request", f"request body is {message}",
+                      errors=[{"field": "body", "message": message}])
+
+
+def json_body() -> Any:
+    """The request's parsed JSON (None when absent or not JSON); 400 naming `body` when
+    it nests too deeply to be handled safely."""
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:
+        raise _nesting_problem() from None
+    if data is not None and _too_deep(data):
+        raise _nesting_problem()
+    return data
+
+
 def _nul_path(value: Any, path: str) -> str | None:
     """The dotted path of the first string (or key) in a JSON value holding a NUL byte."""
     if isinstance(value, str):
@@ -111,14 +151,31 @@ def refuse_nul_bytes() -> None:
         if "\x00" in key or any("\x00" in v for v in values):
             raise unprocessable(key.replace("\x00", "\\x00"), "must not contain NUL bytes")
     if request.is_json and request.content_length:
-        found = _nul_path(request.get_json(silent=True), "")
+        found = _nul_path(json_body(), "")
         if found is not None:
             raise unprocessable(found.replace("\x00", "\\x00") or "body",
                                 "must not contain NUL bytes")
 
 
+def _refuse_nul_bytes_unless_protected() -> None:
+    # A role-protected view checks its input after the token and role (app.api.security),
+    # so a caller without them gets 401/403 whatever the input holds.
+    view = current_app.view_functions.get(request.endpoint or "")
+    if getattr(view, "__clm_role__", None) is None:
+        refuse_nul_bytes()
+
+
 def init_app(app: Flask) -> None:
-    app.before_request(refuse_nul_bytes)
+    if app.config.get("MAX_CONTENT_LENGTH") is None:  # Flask's default: unlimited
+        app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.before_request(_refuse_nul_bytes_unless_protected)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc: RequestEntityTooLarge) -> Response:
+        limit = app.config.get("MAX_CONTENT_LENGTH") or MAX_BODY_BYTES
+        message = f"larger than {limit} bytes"
+        return problem_response(413, "Payload too large", f"request body is {message}",
+                                errors=[{"field": "body", "message": message}])
 
     @app.errorhandler(ApiProblem)
     def _api_problem(exc: ApiProblem) -> Response:

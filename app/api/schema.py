@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from flask import Flask, request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from app.api.problems import ApiProblem, validation_errors
+from app.api.problems import ApiProblem, json_body, validation_errors
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -33,17 +33,25 @@ class QueryModel(BaseModel):
 
 def parse_body(model: type[M]) -> M:
     """Validate the JSON body against `model`; 400 for non-JSON, 422 naming fields."""
-    data = request.get_json(silent=True)
+    data = json_body()
     if data is None:
         raw = request.get_data(cache=True)
-        if raw.strip():
+        if raw.strip() and not request.is_json:
+            raise ApiProblem(
+                400,
+                "Bad request",
+                f"request body must be JSON sent with Content-Type: application/json "
+                f"(got {request.mimetype or 'no Content-Type'})",
+                errors=[{"field": "body", "message": "not sent as application/json"}],
+            )
+        if raw.strip() and raw.strip() != b"null":
             raise ApiProblem(
                 400,
                 "Bad request",
                 "request body is not valid JSON",
                 errors=[{"field": "body", "message": "not valid JSON"}],
             )
-        data = {}
+        data = None if raw.strip() else {}
     if not isinstance(data, dict):
         raise ApiProblem(
             422,

@@ -8,9 +8,9 @@ from typing import Any
 
 from flask import current_app, g, request
 
-from app.api.problems import ApiProblem
+from app.api.problems import ApiProblem, refuse_nul_bytes
 from app.auth import TokenInfo, verify_token
-from app.db import transaction
+from app.db import retry_if_busy, transaction
 from app.models.registry import Role
 
 
@@ -29,6 +29,7 @@ def require_role(role: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
             settings = current_app.config["CLM_SETTINGS"]
             if not settings.auth_enabled:
                 g.token = TokenInfo(id=0, name="auth-disabled", role=Role.ADMIN)
+                refuse_nul_bytes()
                 return view(*args, **kwargs)
             header = request.headers.get("Authorization", "")
             scheme, _, raw = header.partition(" ")
@@ -39,8 +40,13 @@ def require_role(role: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
                     "missing bearer token",
                     headers={"WWW-Authenticate": "Bearer"},
                 )
-            with transaction(settings.database_url) as session:
-                token = verify_token(session, raw.strip())
+            def lookup() -> TokenInfo | None:
+                with transaction(settings.database_url) as session:
+                    return verify_token(session, raw.strip())
+
+            # The throttled use-record makes this a read-then-write: on SQLite another
+            # process's commit in between is a lock conflict, so the lookup runs again.
+            token = retry_if_busy(lookup)
             if token is None:
                 raise ApiProblem(
                     401,
@@ -55,8 +61,11 @@ def require_role(role: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
                     f"role {token.role.value} may not do this; needs {needed.value}",
                 )
             g.token = token
+            # Input is looked at only once the caller may make the request at all.
+            refuse_nul_bytes()
             return view(*args, **kwargs)
 
+        wrapper.__clm_role__ = needed  # type: ignore[attr-defined]
         return wrapper
 
     return decorate

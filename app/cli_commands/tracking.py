@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 
@@ -51,6 +52,7 @@ def track(model_type: str, symbol: str, timeframe: str, interval_hours: float | 
             raise click.BadParameter("must be a JSON object", param_hint="--params")
     settings = get_settings()
     try:
+        _check_params(model_type, params)
         with transaction(settings.database_url, immediate=True) as session:
             item, created = track_model(
                 session, settings, model_type=model_type, symbol=symbol, timeframe=timeframe,
@@ -63,6 +65,23 @@ def track(model_type: str, symbol: str, timeframe: str, interval_hours: float | 
         click.echo(f"error: {exc.detail}", err=True)
         sys.exit(2)
     click.echo(json.dumps({**item, "created": created}, indent=2))
+
+
+def _check_params(model_type: str, params: dict[str, Any] | None) -> None:
+    """Refuse params the trainer would refuse at every retrain (as POST /clm/tracked)."""
+    from app.errors import InvalidInput
+    from app.trainers import InvalidParams, TrainerNotAvailable, get_trainer
+
+    if not params:
+        return
+    try:
+        trainer = get_trainer(model_type)
+    except TrainerNotAvailable:
+        return  # a plug-in installed later checks them at retrain time
+    try:
+        trainer.validate_params(dict(params))
+    except InvalidParams as exc:
+        raise InvalidInput(f"params.{exc.key}", str(exc)) from None
 
 
 @click.command()

@@ -143,7 +143,8 @@ class Metrics(BaseModel):
         None, ge=0, description="null when there is no losing trade"
     )
     max_drawdown: FiniteFloat | None = Field(None, ge=0, le=1, description="0–1, positive")
-    trades: int | None = Field(None, ge=0)
+    # Below 2**53: a JSON number every client (JavaScript included) reads exactly.
+    trades: int | None = Field(None, ge=0, lt=2**53)
     total_return: FiniteFloat | None = None
     promotion_score: FiniteFloat | None = Field(
         None, ge=0, le=100, description="0–100; computed by the registry when absent"

@@ -103,6 +103,7 @@ def test_register_then_read_one_version_with_history(client, auth):
         (body(metrics={**METRICS, "max_drawdown": 2}), "metrics.max_drawdown"),
         (body(metrics={**METRICS, "trades": 10.5}), "metrics.trades"),
         (body(metrics={**METRICS, "trades": -1}), "metrics.trades"),
+        (body(metrics={**METRICS, "trades": 10**23}), "metrics.trades"),
         (body(metrics={**METRICS, "sharpe": "1.2"}), "metrics.sharpe"),
         (body(metrics={**METRICS, "extra": [1]}), "metrics.extra"),
         (body(model_type="XGBOOST"), "model_type"),

@@ -255,6 +255,8 @@ def test_http_evolve_candidates_and_train(client: Any, auth: Callable[[str], dic
     for cand in data["items"] + page2["items"]:  # on the declared grid, no float noise
         assert all(cand["params"][k] == round(cand["params"][k], 10) for k in stepped), \
             cand["params"]
+        if cand["status"] == "evaluated":  # timestamps like everywhere else: UTC, "Z"
+            assert cand["metrics"]["oos_start"].endswith("Z"), cand["metrics"]["oos_start"]
     first = data["items"][0]
     for key in ("id", "search_id", "params", "objectives", "metrics", "pareto", "generation",
                 "parents", "regime", "status"):

@@ -33,6 +33,7 @@ from app.evolution.overfitting import return_moments
 from app.evolution.space import StrategyParams, StrategySpace, decode
 from app.evolution.strategy import positions_from_probabilities, turnover
 from app.scoring import promotion_score
+from app.timeutil import isoformat
 from app.trainers import Trainer, get_trainer
 
 __all__ = ["EvalSettings", "TrialResult", "evaluate_holdout", "evaluate_strategy",
@@ -176,8 +177,8 @@ def _strategy_metrics(close: np.ndarray, proba: np.ndarray, stamps: pd.DatetimeI
     metrics["returns_skew"] = moments["skew"]
     metrics["returns_kurtosis"] = moments["kurtosis"]
     metrics["returns_n"] = moments["n"]
-    metrics["oos_start"] = stamps[0].isoformat()
-    metrics["oos_end"] = stamps[-1].isoformat()
+    metrics["oos_start"] = isoformat(stamps[0].to_pydatetime())
+    metrics["oos_end"] = isoformat(stamps[-1].to_pydatetime())
     return metrics, bt
 
 

@@ -232,3 +232,29 @@ def test_daily_bars_across_a_dst_switch_get_a_hint(tmp_path: Path) -> None:
     assert info.value.line == 3
     assert "71h after the previous one" in info.value.reason
     assert "daylight saving" in info.value.reason
+
+
+# ------------------------------------------------------------------ whole-file refusals
+@pytest.mark.parametrize(("name", "content", "line", "reason"), [
+    ("header-only.csv", "timestamp,open,high,low,close,volume\n", 2,
+     "no data rows after the header"),
+    ("empty.csv", "", 1, "file is empty"),
+    ("prices.xlsx", "PK\x03\x04 not really a workbook", 1, "unsupported file type '.xlsx'"),
+    ("prices.json", '[{"timestamp": 1}]', 1, "unsupported file type '.json'"),
+    ("broken.parquet", "PAR1 this is not parquet", 1, "not a readable Parquet file"),
+])
+def test_whole_file_problems_name_a_line(tmp_path: Path, name: str, content: str, line: int,
+                                         reason: str) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(DataValidationError) as info:
+        load_ohlcv(path, "1h")
+    assert info.value.line == line
+    assert info.value.reason.startswith(reason), info.value.reason
+    assert str(info.value).startswith(f"{path}:{line}: ")
+
+
+def test_csv_content_without_or_with_a_txt_suffix_is_read(tmp_path: Path) -> None:
+    header = ["timestamp,open,high,low,close,volume"]
+    for name in ("prices", "prices.txt"):
+        assert load_ohlcv(write(tmp_path, name, header + rows(30)), "1h").rows == 30

@@ -70,6 +70,9 @@ TIMESTAMP_ALIASES: tuple[str, ...] = (
     "timestamp", "open_time", "datetime", "date_time", "time", "date", "unix", "ts",
 )
 _DELIMITERS: tuple[str, ...] = (",", ";", "\t")
+# Anything else (.json, .xlsx, .gz, ...) is refused up front instead of being parsed as
+# CSV into a confusing header error. No suffix counts as CSV.
+_SUPPORTED_SUFFIXES = frozenset({"", ".csv", ".txt", ".tsv", ".zip", ".parquet", ".pq"})
 _INT64_MAX = np.iinfo(np.int64).max
 # Epoch magnitude bands (absolute value): below 1e11 seconds (up to year 5138),
 # below 1e14 milliseconds, below 1e17 microseconds, else nanoseconds.
@@ -156,10 +159,19 @@ def load_ohlcv(
     tf_seconds = timeframe_seconds(timeframe) if timeframe is not None else None
     if not p.is_file():
         raise DataValidationError(p, None, "no such file")
-    if p.suffix.lower() == ".parquet":
+    suffix = p.suffix.lower()
+    if suffix not in _SUPPORTED_SUFFIXES:
+        raise DataValidationError(
+            p, 1, f"unsupported file type {suffix!r}: give CSV (.csv/.txt/.tsv, or one CSV "
+                  "zipped as Binance ships it) or Parquet (.parquet)")
+    if suffix in (".parquet", ".pq"):
         ts_ns, cols, fmt, units, line_offset = _read_parquet(p)
     else:
         ts_ns, cols, fmt, units, line_offset = _read_csv_like(p, progress)
+    if len(ts_ns) == 0:
+        # The line where the first row should have been.
+        raise DataValidationError(p, line_offset, "no data rows" + (
+            " after the header" if line_offset > 1 else ""))
     lines = np.arange(len(ts_ns), dtype=np.int64) + line_offset
     ts_ns, cols, lines, was_reversed = _newest_first_reversed(ts_ns, cols, lines)
     ts_ns, cols, lines, dropped = _drop_identical_duplicates(ts_ns, cols, lines)
@@ -540,7 +552,7 @@ def _read_parquet(
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
-        raise DataValidationError(path, None, f"not a readable Parquet file: {exc}") from exc
+        raise DataValidationError(path, 1, f"not a readable Parquet file: {exc}") from exc
     names = [_canonical_name(n) for n in table.column_names]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

@@ -117,7 +117,8 @@ def test_register_then_read_one_version_with_history(client, auth):
         (body(notes="nul\x00"), "notes"),
     ],
 )
-def test_register_rejects_bad_bodies_naming_the_field(client, auth, payload, field):
+def test_register_rejects_bad_bodies_naming_the_field(shared_api, payload, field):
+    client, auth = shared_api
     problem(client.post("/clm/models", json=payload, headers=auth("operator")), 422, field)
 
 
@@ -152,7 +153,8 @@ def test_register_rejects_non_json_and_non_finite_numbers(client, auth):
         ("get", "/clm/models/garbage%00/production"),
     ],
 )
-def test_unknown_or_impossible_ids_are_404(client, auth, method, path):
+def test_unknown_or_impossible_ids_are_404(shared_api, method, path):
+    client, auth = shared_api
     kwargs = {"json": {"notes": "x"}} if method == "patch" else {}
     problem(getattr(client, method)(path, headers=auth("admin"), **kwargs), 404)
 
@@ -251,7 +253,8 @@ def test_lifecycle_conflicts_are_409(client, auth, settings):
                            "target_version": "../etc"}, "target_version"),
     ],
 )
-def test_promote_and_rollback_bodies_are_validated(client, auth, path, payload, field):
+def test_promote_and_rollback_bodies_are_validated(shared_api, path, payload, field):
+    client, auth = shared_api
     problem(client.post(path, json=payload, headers=auth("admin")), 422, field)
 
 
@@ -417,7 +420,8 @@ BELOW = {"operator": "viewer", "admin": "operator"}
 
 
 @pytest.mark.parametrize(("method", "path", "role"), ROUTES)
-def test_every_route_needs_a_token_and_the_role(client, auth, method, path, role):
+def test_every_route_needs_a_token_and_the_role(shared_api, method, path, role):
+    client, auth = shared_api
     call = getattr(client, method)
     doc = problem(call(path), 401)
     assert "token" in doc["detail"]
@@ -467,8 +471,9 @@ def _cursor(key: Any) -> str:
      "/clm/regimes/champions", "/clm/tracked"],
 )
 @pytest.mark.parametrize("key", [10**30, 2**63, -1, 1.5, {"a": 1}, [1, 2]])
-def test_forged_cursor_is_422_never_500(client, auth, path, key):
+def test_forged_cursor_is_422_never_500(shared_api, path, key):
     """A cursor decoding to an out-of-range key names `cursor` (not a database error)."""
+    client, auth = shared_api
     problem(client.get(f"{path}?cursor={_cursor(key)}", headers=auth("viewer")), 422, "cursor")
 
 
@@ -491,7 +496,8 @@ def test_forged_cursor_is_422_never_500(client, auth, path, key):
         ("get", "/clm/jobs/not-a-uuid"),
     ],
 )
-def test_impossible_ids_in_other_paths_are_404(client, auth, method, path):
+def test_impossible_ids_in_other_paths_are_404(shared_api, method, path):
+    client, auth = shared_api
     problem(getattr(client, method)(path, headers=auth("admin")), 404)
 
 
@@ -505,9 +511,10 @@ def test_impossible_ids_in_other_paths_are_404(client, auth, method, path):
     ["[" * 100_000, '{"a":' * 5000 + "1" + "}" * 5000,
      '{"params":' + '{"a":' * 500 + "1" + "}" * 500 + "}"],
 )
-def test_deeply_nested_json_is_400_naming_the_body(client, auth, method, path, raw):
+def test_deeply_nested_json_is_400_naming_the_body(shared_api, method, path, raw):
     """JSON nested past what the parser (or anything after it) can recurse through is
     bad input, not a server error."""
+    client, auth = shared_api
     response = getattr(client, method)(
         path, data=raw, content_type="application/json", headers=auth("admin"))
     problem(response, 400, "body")
@@ -523,7 +530,8 @@ def test_oversized_body_is_413(client, auth):
 @pytest.mark.parametrize("path", ["/clm/triggers", "/clm/drift", "/clm/events", "/clm/audit"])
 @pytest.mark.parametrize(
     "since", ["9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00%2B05:00"])
-def test_since_past_the_calendar_is_422(client, auth, path, since):
+def test_since_past_the_calendar_is_422(shared_api, path, since):
+    client, auth = shared_api
     problem(client.get(f"{path}?since={since}", headers=auth("viewer")), 422, "since")
 
 
@@ -537,8 +545,9 @@ def test_since_past_the_calendar_is_422(client, auth, path, since):
         ("delete", f"/clm/models/{MODEL}/versions/v%00", {}),
     ],
 )
-def test_token_and_role_are_checked_before_the_input(client, auth, method, path, kwargs):
+def test_token_and_role_are_checked_before_the_input(shared_api, method, path, kwargs):
     """Missing token 401 and too-low role 403 come first, whatever the input holds."""
+    client, auth = shared_api
     if "data" in kwargs:
         kwargs = {**kwargs, "content_type": "application/json"}
     call = getattr(client, method)

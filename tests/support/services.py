@@ -37,7 +37,13 @@ def pg_url_for(database: str) -> str:
 
 
 class PostgresDatabases:
-    """Creates throw-away databases (from a migrated template) and drops them at the end."""
+    """Throw-away databases from a migrated template, dropped at the end.
+
+    Creating a database costs ~0.5-1 s; a released migrated database is emptied instead
+    (every table truncated, identities restarted, other sessions ended) and handed out
+    again, unless it is no longer exactly as migrated — another revision (migration
+    tests), extra tables (Optuna's) — in which case it is dropped.
+    """
 
     def __init__(self) -> None:
         self.admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_size=1)
@@ -45,6 +51,9 @@ class PostgresDatabases:
             conn.execute(text("SELECT 1"))
         self.created: list[str] = []
         self.template: str | None = None
+        self._migrated: set[str] = set()  # handed out by migrated(): may be recycled
+        self._pool: list[str] = []  # emptied, ready to hand out again
+        self._shape: tuple[str, frozenset[str]] | None = None  # (revision, tables)
 
     def _create(self, name: str, template: str | None = None) -> str:
         clause = f' TEMPLATE "{template}"' if template else ""
@@ -64,13 +73,71 @@ class PostgresDatabases:
             url = self._create(name)
             migrate.upgrade(url)
             self.template = name
-        return self._create(f"clm_t_{uuid.uuid4().hex[:12]}", self.template)
+            self._shape = self._read_shape(name)
+        if self._pool:
+            return pg_url_for(self._pool.pop())
+        name = f"clm_t_{uuid.uuid4().hex[:12]}"
+        self._migrated.add(name)
+        return self._create(name, self.template)
+
+    @staticmethod
+    def _read_shape(name: str) -> tuple[str, frozenset[str]]:
+        engine = create_engine(pg_url_for(name), isolation_level="AUTOCOMMIT", pool_size=1)
+        try:
+            with engine.connect() as conn:
+                revision = conn.execute(text("SELECT version_num FROM clm_alembic_version")
+                                        ).scalar_one()
+                tables = frozenset(conn.execute(text(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars())
+        finally:
+            engine.dispose()
+        return revision, tables
+
+    def _recycle(self, name: str) -> bool:
+        """Empty a released database for reuse; False when it must be dropped instead."""
+        if name not in self._migrated or self._shape is None:
+            return False
+        engine = create_engine(pg_url_for(name), isolation_level="AUTOCOMMIT", pool_size=1)
+        try:
+            with engine.connect() as conn:
+                # As DROP ... WITH (FORCE) would: no session of the test survives.
+                conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                  "WHERE datname = current_database() "
+                                  "AND pid <> pg_backend_pid()"))
+                revision, tables = self._shape
+                now = self._read_shape(name)
+                if now != (revision, tables):
+                    return False
+            data = sorted(tables - {"clm_alembic_version"})
+            # DELETE, not TRUNCATE: on a few rows it is several times faster (TRUNCATE
+            # writes new files for every table). Foreign-key triggers are off for it
+            # (replica role); sequences restart as in a fresh database.
+            engine.dispose()
+            engine = create_engine(pg_url_for(name), pool_size=1)  # one real transaction
+            with engine.begin() as conn:
+                conn.execute(text("SET LOCAL lock_timeout = '5s'"))
+                conn.execute(text("SET LOCAL session_replication_role = replica"))
+                for table in data:
+                    conn.execute(text(f'DELETE FROM "{table}"'))
+                conn.execute(text(
+                    "SELECT setval(c.oid, 1, false) FROM pg_class c JOIN pg_namespace n "
+                    "ON n.oid = c.relnamespace WHERE c.relkind = 'S' "
+                    "AND n.nspname = 'public'"))
+            return True
+        except Exception:
+            return False
+        finally:
+            engine.dispose()
 
     def drop(self, url: str) -> None:
         name = url.rsplit("/", 1)[1]
         from app.db import dispose_engines
 
         dispose_engines()
+        if name != self.template and self._recycle(name):
+            self._pool.append(name)
+            return
+        self._migrated.discard(name)
         with self.admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         if name in self.created:
@@ -80,6 +147,8 @@ class PostgresDatabases:
         from app.db import dispose_engines
 
         dispose_engines()
+        self._migrated.clear()  # drop everything for real
+        self._pool.clear()
         for name in [*self.created]:
             if name != self.template:
                 self.drop(pg_url_for(name))

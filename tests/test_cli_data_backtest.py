@@ -22,6 +22,11 @@ T0 = 1704067200  # 2024-01-01T00:00:00Z
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
+    return cli_env(tmp_path)
+
+
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a `clm` subprocess: no CLM_* from outside, state in tmp_path."""
     e = {k: v for k, v in os.environ.items() if not k.startswith("CLM_")}
     e["CLM_VAR_DIR"] = str(tmp_path / "var")
     e["CLM_DATA_DIR"] = str(tmp_path / "data")

@@ -4,30 +4,19 @@ duplicates and off-grid bars, and refusing a merge that would interleave two gri
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-CLM = Path(sys.executable).with_name("clm")
+from tests.test_cli_data_backtest import cli_env, clm
+
 T0 = 1704067200  # 2024-01-01T00:00:00Z
 HEADER = "timestamp,open,high,low,close,volume"
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith("CLM_")}
-    e["CLM_VAR_DIR"] = str(tmp_path / "var")
-    e["CLM_DATA_DIR"] = str(tmp_path / "data")
-    return e
-
-
-def clm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(CLM), *args], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+    return cli_env(tmp_path)
 
 
 def rows(n: int, start: int = T0) -> list[str]:

@@ -7,6 +7,7 @@ shared across processes). Callers own the transaction with `transaction()`; serv
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -22,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import get_settings
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _engines: dict[tuple[int, str], Engine] = {}
 
@@ -127,16 +129,25 @@ def is_sqlite_busy(exc: BaseException) -> bool:
     return isinstance(exc, OperationalError) and "database is locked" in str(exc).lower()
 
 
-def retry_if_busy(fn: Callable[[], T], attempts: int = 4, delay_s: float = 0.02) -> T:
-    """Run `fn` (one or more whole transactions) again when SQLite reported a lock
-    conflict; any other error, or the last conflict, propagates."""
+def retry_if_busy(
+    fn: Callable[[], T],
+    attempts: int = 4,
+    delay_s: float = 0.02,
+    *,
+    conflict: Callable[[BaseException], bool] = is_sqlite_busy,
+    max_delay_s: float = 1.0,
+) -> T:
+    """Run `fn` (one or more whole transactions) again when it failed on a lock
+    conflict (`conflict(exc)`; default: SQLite's "database is locked"), backing off
+    exponentially; any other error, or the last conflict, propagates."""
     for attempt in range(attempts):
         try:
             return fn()
         except Exception as exc:
-            if attempt == attempts - 1 or not is_sqlite_busy(exc):
+            if attempt == attempts - 1 or not conflict(exc):
                 raise
-            time.sleep(delay_s * 2**attempt)
+            log.info("lock conflict (%s); retrying", exc)
+            time.sleep(min(delay_s * 2**attempt, max_delay_s))
     raise AssertionError("unreachable")
 
 

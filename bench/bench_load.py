@@ -13,7 +13,7 @@ and the pipeline's hand-overs, not on training). After every job is final, the d
 is audited: lost = accepted jobs not final; duplicates = jobs whose stage, a step or a
 work item was claimed more than once, or with a number of versions other than one.
 Prints p50 / p99 POST latency, POSTs/s, jobs/s end to end, lost and duplicates (exit 1 if
-either is not 0). The same harness runs with 150 jobs in tests/test_ops_load.py.
+either is not 0). The same harness runs with 60 jobs in tests/test_ops_load.py.
 """
 
 from __future__ import annotations
@@ -21,11 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,41 +39,20 @@ def main() -> int:
                         help="seconds to wait for every job to be final")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="clm-bench-load-"))
-    for key in [k for k in os.environ if k.startswith("CLM_") and k != "CLM_TEST_PG_ADMIN_URL"]:
-        del os.environ[key]
-    from sqlalchemy import create_engine, text
+    from tests.support.private_services import PostgresUnavailable, benchmark_stack
 
-    from tests.support.private_services import PrivateRedis
-
-    admin_url = os.environ.get("CLM_TEST_PG_ADMIN_URL",
-                               "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-    database = f"clm_bench_load_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    # Only benchmark_stack raises PostgresUnavailable (before anything runs).
     try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{database}"'))
-    except Exception as exc:
-        print(f"needs a PostgreSQL server (CLM_TEST_PG_ADMIN_URL={admin_url}): {exc}")
+        with benchmark_stack("clm-bench-load") as (work, url, broker):
+            os.environ.update(
+                CLM_VAR_DIR=str(work / "var"), CLM_DATABASE_URL=url,
+                CLM_BROKER_URL=broker, CLM_WALK_FORWARD_FOLDS="2",
+                CLM_TRAIN_THREADS="1", CLM_LOG_LEVEL="WARNING", CLM_LOG_JSON="1",
+                OMP_NUM_THREADS="1")
+            return run(args, work)
+    except PostgresUnavailable as exc:
+        print(exc)
         return 2
-    url = admin_url.rsplit("/", 1)[0] + "/" + database
-    redis_server = PrivateRedis(work / "redis").start()
-    try:
-        os.environ.update(
-            CLM_VAR_DIR=str(work / "var"), CLM_DATABASE_URL=url,
-            CLM_BROKER_URL=redis_server.url(), CLM_WALK_FORWARD_FOLDS="2",
-            CLM_TRAIN_THREADS="1", CLM_LOG_LEVEL="WARNING", CLM_LOG_JSON="1",
-            OMP_NUM_THREADS="1")
-        return run(args, work)
-    finally:
-        redis_server.stop()
-        from app.db import dispose_engines
-
-        dispose_engines()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-        admin.dispose()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def run(args: argparse.Namespace, work: Path) -> int:

@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -48,40 +45,19 @@ def main() -> int:
     args = parser.parse_args()
     counts = [int(c) for c in args.workers.split(",")]
 
-    work = Path(tempfile.mkdtemp(prefix="clm-bench-scale-"))
-    for key in [k for k in os.environ if k.startswith("CLM_") and k != "CLM_TEST_PG_ADMIN_URL"]:
-        del os.environ[key]
-    from sqlalchemy import create_engine, text
+    from tests.support.private_services import PostgresUnavailable, benchmark_stack
 
-    from tests.support.private_services import PrivateRedis
-
-    admin_url = os.environ.get("CLM_TEST_PG_ADMIN_URL",
-                               "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-    database = f"clm_bench_scale_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    # Only benchmark_stack raises PostgresUnavailable (before anything runs).
     try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{database}"'))
-    except Exception as exc:
-        print(f"needs a PostgreSQL server (CLM_TEST_PG_ADMIN_URL={admin_url}): {exc}")
+        with benchmark_stack("clm-bench-scale") as (work, url, broker):
+            os.environ.update(
+                CLM_VAR_DIR=str(work / "var"), CLM_DATABASE_URL=url, CLM_BROKER_URL=broker,
+                CLM_TRAIN_THREADS="1", OMP_NUM_THREADS="1", CLM_LOG_LEVEL="WARNING",
+                CLM_LOG_JSON="1")
+            return run(args, counts, work)
+    except PostgresUnavailable as exc:
+        print(exc)
         return 2
-    redis_server = PrivateRedis(work / "redis").start()
-    try:
-        os.environ.update(
-            CLM_VAR_DIR=str(work / "var"),
-            CLM_DATABASE_URL=admin_url.rsplit("/", 1)[0] + "/" + database,
-            CLM_BROKER_URL=redis_server.url(), CLM_TRAIN_THREADS="1", OMP_NUM_THREADS="1",
-            CLM_LOG_LEVEL="WARNING", CLM_LOG_JSON="1")
-        return run(args, counts, work)
-    finally:
-        redis_server.stop()
-        from app.db import dispose_engines
-
-        dispose_engines()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-        admin.dispose()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def run(args: argparse.Namespace, counts: list[int], work: Path) -> int:

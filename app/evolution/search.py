@@ -41,7 +41,6 @@ import logging
 import math
 import os
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +48,8 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import OperationalError
+
+from app.db import retry_if_busy
 
 __all__ = [
     "AskedTrial",
@@ -230,17 +231,7 @@ def _transient(exc: BaseException) -> bool:
 
 def _retry(fn: Callable[[], T], attempts: int = 8) -> T:
     """Retry on transient lock errors (SQLite "database is locked", PG deadlocks)."""
-    delay = 0.05
-    for i in range(attempts):
-        try:
-            return fn()
-        except Exception as exc:
-            if i == attempts - 1 or not _transient(exc):
-                raise
-            log.info("optuna storage busy (%s); retrying", exc)
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-    raise AssertionError("unreachable")
+    return retry_if_busy(fn, attempts, 0.05, conflict=_transient)
 
 
 def make_sampler(population: int, seed: int) -> Any:

@@ -31,6 +31,7 @@ from typing import Any
 import requests
 
 from app.config import Settings
+from tests.support.workers import wait_for
 
 BARS = 800  # 1h bars (~33 days) per symbol: enough rows for 2 walk-forward folds
 SPAN_DAYS = 30
@@ -145,16 +146,19 @@ def wait_all_final(settings: Settings, job_ids: Sequence[str], timeout: float,
                    on_progress: Any = None) -> tuple[dict[str, str], float]:
     """Poll the database until every job is succeeded or failed (or the deadline)."""
     started = time.monotonic()
-    deadline = started + timeout
     states: dict[str, str] = {}
-    while True:
-        states = job_states(settings, job_ids)
+
+    def all_final() -> bool:
+        states.update(job_states(settings, job_ids))
         final = sum(1 for s in states.values() if s in ("succeeded", "failed"))
         if on_progress is not None:
             on_progress(final, len(job_ids))
-        if final == len(job_ids) or time.monotonic() > deadline:
-            return states, time.monotonic() - started
-        time.sleep(0.5)
+        return final == len(job_ids)
+
+    # At the deadline the states so far are returned: the caller reports what is missing.
+    with suppress(TimeoutError):
+        wait_for(all_final, timeout=timeout, interval=0.5, what="every job to be final")
+    return states, time.monotonic() - started
 
 
 @dataclass
@@ -258,18 +262,16 @@ def running_api(log_dir: Path, env: Mapping[str, str] | None = None, *, workers:
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
     base = f"http://127.0.0.1:{port}"
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"clm serve exited {proc.returncode}: "
+                               f"{log_path.read_text(errors='replace')[-2000:]}")
+        with suppress(requests.RequestException):
+            return requests.get(base + "/health", timeout=2).status_code == 200
+        return False
+
     try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"clm serve exited {proc.returncode}: "
-                                   f"{log_path.read_text(errors='replace')[-2000:]}")
-            with suppress(requests.RequestException):
-                if requests.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError("clm serve did not answer /health")
-            time.sleep(0.1)
+        wait_for(healthy, timeout=ready_timeout, what="clm serve to answer /health")
         yield base
     finally:
         if proc.poll() is None:

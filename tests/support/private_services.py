@@ -22,13 +22,14 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
-from collections.abc import Sequence
-from contextlib import suppress
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 
 from tests.support.services import unavailable
+from tests.support.workers import wait_for
 
 PG_BIN_CANDIDATES = ("/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin",
                      "/usr/lib/postgresql/14/bin")
@@ -45,14 +46,6 @@ def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _poll(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
 
 
 class PrivateRedis:
@@ -91,8 +84,8 @@ class PrivateRedis:
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        _poll(lambda: self.ping() or self.proc.poll() is not None,  # type: ignore[union-attr]
-              timeout, f"redis on port {self.port}")
+        wait_for(lambda: self.ping() or self.proc.poll() is not None,  # type: ignore[union-attr]
+                 timeout=timeout, interval=0.05, what=f"redis on port {self.port}")
         if self.proc.poll() is not None:
             raise RuntimeError(f"redis-server exited: {self.log_path.read_text()[-2000:]}")
         return self
@@ -102,7 +95,8 @@ class PrivateRedis:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
-        _poll(lambda: not _port_open(self.port), 10, f"port {self.port} to close")
+        wait_for(lambda: not _port_open(self.port), timeout=10, interval=0.05,
+                 what=f"port {self.port} to close")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -201,3 +195,48 @@ class PrivatePostgres:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+class PostgresUnavailable(RuntimeError):
+    """The PostgreSQL server of CLM_TEST_PG_ADMIN_URL did not answer."""
+
+
+@contextmanager
+def benchmark_stack(prefix: str) -> Iterator[tuple[Path, str, str]]:
+    """PostgreSQL + Redis for a benchmark run, as deployed, and nothing left behind.
+
+    Clears CLM_* from the environment (but CLM_TEST_PG_ADMIN_URL), creates a throw-away
+    database `<prefix>_<random>` on that server and a private redis-server in a temporary
+    folder; yields (folder, database URL, broker URL). Afterwards: redis stopped, engines
+    disposed, the database dropped, the folder removed. Raises PostgresUnavailable (before
+    anything runs) when the server does not answer.
+    """
+    from sqlalchemy import create_engine, text
+
+    from tests.support.services import PG_ADMIN_URL, pg_url_for
+
+    for key in [k for k in os.environ if k.startswith("CLM_") and k != "CLM_TEST_PG_ADMIN_URL"]:
+        del os.environ[key]
+    work = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    database = f"{prefix.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{database}"'))
+    except Exception as exc:
+        admin.dispose()
+        shutil.rmtree(work, ignore_errors=True)
+        raise PostgresUnavailable(
+            f"needs a PostgreSQL server (CLM_TEST_PG_ADMIN_URL={PG_ADMIN_URL}): {exc}") from exc
+    redis_server = PrivateRedis(work / "redis").start()
+    try:
+        yield work, pg_url_for(database), redis_server.url()
+    finally:
+        redis_server.stop()
+        from app.db import dispose_engines
+
+        dispose_engines()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        admin.dispose()
+        shutil.rmtree(work, ignore_errors=True)

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.config import get_settings
+from app.core.config import get_settings
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

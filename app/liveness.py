@@ -57,7 +57,7 @@ def ping_node(node: str, timeout: float) -> tuple[bool, str]:
 
 def heartbeat_fresh(max_age: float) -> tuple[bool, str]:
     """The event consumer's heartbeat file is younger than `max_age` seconds."""
-    from app.config import get_settings
+    from app.core.config import get_settings
 
     path = get_settings().var_dir / "events-consumer.alive"
     try:

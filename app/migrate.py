@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 import migrations
-from app.config import get_settings
+from app.core.config import get_settings
 from app.db import build_engine
 
 VERSION_TABLE = "clm_alembic_version"

@@ -1,4 +1,4 @@
-"""Throughput of `app.backtest.run_backtest` vs the pure-Python reference loop.
+"""Throughput of `app.ml.backtest.run_backtest` vs the pure-Python reference loop.
 
 Run: .venv/bin/python bench/bench_backtest.py [--bars N] [--baseline-bars M]
 Times run_backtest on N bars (default 10M, best of 3) for three position patterns —
@@ -24,8 +24,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.backtest import run_backtest  # noqa: E402
-from tests.backtest_reference import reference_backtest  # noqa: E402
+from app.ml.backtest import run_backtest
+from tests.backtest_reference import reference_backtest
 
 
 def make_data(n: int, mean_run: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

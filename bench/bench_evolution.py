@@ -50,16 +50,20 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sqlalchemy import create_engine, func, select, text  # noqa: E402
+from sqlalchemy import create_engine, func, select, text
 
-from app import migrate  # noqa: E402
-from app.config import Settings, get_settings, load_settings  # noqa: E402
-from app.db import dispose_engines, transaction  # noqa: E402
-from app.evolution import dispatch, search, service  # noqa: E402
-from app.evolution.space import SPACES, StrategySpace  # noqa: E402
-from app.models.evolution import StrategyCandidate, StrategySearch  # noqa: E402
-from tests.support.workers import WorkerSpec, running_workers, wait_for  # noqa: E402
-from tests.test_evolution_search import planted_frame  # noqa: E402
+from app import migrate
+from app.bus import evolution_dispatch as dispatch
+from app.core.config import Settings, get_settings, load_settings
+from app.db import dispose_engines, transaction
+from app.ml.evolution.space import SPACES, StrategySpace
+from app.models.evolution import StrategyCandidate, StrategySearch
+from app.services.evolution import (
+    search,
+    service,
+)
+from tests.support.workers import WorkerSpec, running_workers, wait_for
+from tests.test_evolution_search import planted_frame
 
 FIXED_MODEL = ("model_n_estimators", "model_max_depth")
 
@@ -320,7 +324,7 @@ def _cores(r: Throughput) -> str:
 
 
 def _utc_seconds(value: Any) -> float:
-    from app.timeutil import ensure_utc
+    from app.core.timeutil import ensure_utc
 
     return ensure_utc(value).timestamp()
 

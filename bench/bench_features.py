@@ -16,8 +16,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from app.data.synthetic import generate_ohlcv
-from app.features import DEFAULT_WINDOWS, build_features, feature_names
+from app.ml.data.synthetic import generate_ohlcv
+from app.ml.features import DEFAULT_WINDOWS, build_features, feature_names
 
 
 def _best_of(fn, repeat: int) -> float:

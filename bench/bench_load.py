@@ -57,9 +57,9 @@ def main() -> int:
 
 def run(args: argparse.Namespace, work: Path) -> int:
     from app import migrate
-    from app.auth import create_token
-    from app.config import get_settings
+    from app.core.config import get_settings
     from app.db import transaction
+    from app.services.auth import create_token
     from tests.support.load import (
         audit,
         running_api,

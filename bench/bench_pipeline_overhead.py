@@ -34,8 +34,8 @@ TIMEFRAME = "5m"  # 200k bars of 5m ≈ 694 days
 
 
 def _direct(frame: Any, model_type: str, params: dict[str, Any], threads: int) -> float:
-    from app.config import get_settings
-    from app.evaluation import EvaluationConfig, run_walk_forward
+    from app.core.config import get_settings
+    from app.ml.evaluation import EvaluationConfig, run_walk_forward
 
     settings = get_settings()
     t0 = time.perf_counter()
@@ -63,13 +63,13 @@ def main() -> None:
     os.environ.update(CLM_VAR_DIR=str(var_dir), CLM_LOG_JSON="1", CLM_LOG_LEVEL="WARNING")
 
     from app import migrate
-    from app.auth import create_token
     from app.cli_commands.demo import Api, Processes, _free_port, _health, _wait
-    from app.config import get_settings
-    from app.data.store import MarketDataStore
-    from app.data.synthetic import generate_ohlcv
+    from app.core.config import get_settings
+    from app.core.domain import timeframe_seconds
     from app.db import transaction
-    from app.domain import timeframe_seconds
+    from app.ml.data.store import MarketDataStore
+    from app.ml.data.synthetic import generate_ohlcv
+    from app.services.auth import create_token
 
     settings = get_settings()
     migrate.upgrade(settings.database_url)
@@ -80,7 +80,7 @@ def main() -> None:
     store.merge("WARMUP", "1h", warm)
     span_days = int(args.bars * timeframe_seconds(TIMEFRAME) / 86_400)
     # The pipeline trains on the last span_days days: the direct run gets the same bars.
-    from app.jobs import data_window
+    from app.services.jobs import data_window
 
     start, _end = data_window(frame.index[-1].to_pydatetime(), span_days, TIMEFRAME)
     frame = frame[frame.index >= start]

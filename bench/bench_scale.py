@@ -62,11 +62,11 @@ def main() -> int:
 
 def run(args: argparse.Namespace, counts: list[int], work: Path) -> int:
     from app import create_app, migrate
-    from app.auth import create_token
-    from app.config import get_settings
-    from app.data.store import MarketDataStore
-    from app.data.synthetic import generate_ohlcv
+    from app.core.config import get_settings
     from app.db import transaction
+    from app.ml.data.store import MarketDataStore
+    from app.ml.data.synthetic import generate_ohlcv
+    from app.services.auth import create_token
     from tests.support.load import wait_all_final
     from tests.support.workers import WorkerSpec, running_workers
 

@@ -38,8 +38,8 @@ def child(mode: str, workdir: Path, rows: int, threads: int) -> None:
     out: dict[str, float | int | str] = {"mode": mode}
     t0 = time.perf_counter()
     if mode == "build":
-        from app.data.synthetic import generate_ohlcv
-        from app.evaluation import EvaluationConfig, prepare_dataset
+        from app.ml.data.synthetic import generate_ohlcv
+        from app.ml.evaluation import EvaluationConfig, prepare_dataset
 
         ds = prepare_dataset(generate_ohlcv("planted", rows, seed=0), EvaluationConfig())
         np.save(workdir / "X.npy", ds.X)
@@ -47,8 +47,8 @@ def child(mode: str, workdir: Path, rows: int, threads: int) -> None:
         out["x_bytes"] = int(ds.X.nbytes)
         out["shape"] = f"{ds.X.shape[0]:,} rows × {ds.X.shape[1]} features"
     elif mode == "prepare":
-        from app.data.synthetic import generate_ohlcv
-        from app.evaluation import EvaluationConfig, prepare_dataset
+        from app.ml.data.synthetic import generate_ohlcv
+        from app.ml.evaluation import EvaluationConfig, prepare_dataset
 
         ds = prepare_dataset(generate_ohlcv("planted", rows, seed=0), EvaluationConfig())
         out["x_bytes"] = int(ds.X.nbytes)
@@ -57,7 +57,7 @@ def child(mode: str, workdir: Path, rows: int, threads: int) -> None:
         y = np.load(workdir / "y.npy")
         out["x_bytes"] = int(X.nbytes)
         if mode in ("xgboost", "lightgbm"):
-            from app.trainers import get_trainer
+            from app.ml.trainers import get_trainer
 
             trainer = get_trainer(mode)
             model = trainer.fit(X, y, {}, seed=0, n_threads=threads)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 import app.models  # noqa: F401 - registers every table on Base.metadata
-from app.config import get_settings
+from app.core.config import get_settings
 from app.db import build_engine
 from app.models.base import Base
 

@@ -1,7 +1,7 @@
 """Slow, literal pure-Python reference of DESIGN.md's backtest model.
 
 One loop over bars, written to read like the spec rather than to be fast. The
-vectorized `app.backtest.run_backtest` is checked against it (property tests) and
+vectorized `app.ml.backtest.run_backtest` is checked against it (property tests) and
 the benchmark uses it as its baseline.
 """
 

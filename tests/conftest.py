@@ -13,7 +13,7 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("CLM_LOG_JSON", "0")
 
-from app.config import Settings, get_settings, load_settings
+from app.core.config import Settings, get_settings, load_settings
 from app.db import dispose_engines
 from tests.support.services import (
     PostgresDatabases,
@@ -125,8 +125,8 @@ def client(app: Any) -> Any:
 @pytest.fixture
 def tokens(settings: Settings) -> dict[str, str]:
     """A raw bearer token per role."""
-    from app.auth import create_token
     from app.db import transaction
+    from app.services.auth import create_token
 
     with transaction(settings.database_url) as session:
         return {
@@ -151,8 +151,8 @@ def shared_api(request: pytest.FixtureRequest,
     a fresh database each (PostgreSQL: ~0.5-1 s per database).
     """
     from app import create_app
-    from app.auth import create_token
     from app.db import transaction
+    from app.services.auth import create_token
 
     dbs: Any = request.getfixturevalue(
         "sqlite_dbs" if request.param == "sqlite" else "postgres_dbs")

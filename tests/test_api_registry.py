@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from app import registry
 from app.db import transaction
+from app.services import registry
 
 MODEL = "xgboost_btcusdt_1h"
 METRICS = {

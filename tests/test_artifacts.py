@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.artifacts import (
+from app.ml.artifacts import (
     ArtifactCorrupt,
     ArtifactNotFound,
     ArtifactRef,
@@ -17,7 +17,7 @@ from app.artifacts import (
     dataset_hash,
     parse_uri,
 )
-from app.data.synthetic import generate_ohlcv
+from app.ml.data.synthetic import generate_ohlcv
 
 
 @pytest.fixture()
@@ -79,7 +79,7 @@ def test_missing_artifact_and_bad_uri(store):
 
 
 def test_store_from_settings_uses_the_artifact_root(tmp_path):
-    from app.config import load_settings
+    from app.core.config import load_settings
 
     settings = load_settings({"CLM_ARTIFACT_ROOT": str(tmp_path / "shared")})
     ref = ArtifactStore.from_settings(settings).put_bytes(b"m", fmt="raw", suffix=".bin")

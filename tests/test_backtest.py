@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import app.backtest as backtest_module
-from app.backtest import AlignmentError, align_positions, run_backtest
+import app.ml.backtest as backtest_module
+from app.ml.backtest import AlignmentError, align_positions, run_backtest
 from tests.backtest_reference import reference_backtest
 
 

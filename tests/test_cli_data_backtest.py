@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.backtest import run_backtest
-from app.scoring import promotion_score
+from app.ml.backtest import run_backtest
+from app.ml.scoring import promotion_score
 
 CLM = Path(sys.executable).with_name("clm")
 T0 = 1704067200  # 2024-01-01T00:00:00Z

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from app.data.synthetic import generate_ohlcv
-from app.events import make_envelope
+from app.bus.events import make_envelope
+from app.ml.data.synthetic import generate_ohlcv
 from tests.support.continuous import make_production, seed_market, start
 from tests.support.workers import REPO, WorkerSpec, running_workers, wait_for
 
@@ -31,8 +31,8 @@ def e2e(pg_url, redis_broker_url, make_settings):
     settings = make_settings(pg_url, CLM_BROKER_URL=redis_broker_url,
                              CLM_WORKER_CONCURRENCY="2")
     from app import create_app
-    from app.auth import create_token
     from app.db import transaction
+    from app.services.auth import create_token
 
     flask_app = create_app(settings)
     with transaction(settings.database_url) as session:
@@ -61,7 +61,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
 def test_external_drift_event_runs_a_job_and_announces_it(e2e, tmp_path):
     from kombu import Connection, Exchange, Producer, Queue, binding
 
-    from app.events import inbound_queue
+    from app.bus.events import inbound_queue
 
     settings, client, viewer = e2e
     frame = generate_ohlcv("random_walk", 1500, "1h", seed=21, start=start(1500))

@@ -1,4 +1,4 @@
-"""app.data.store: layout, filtered reads, merges (overlap, gaps), atomic and locked writes."""
+"""app.ml.data.store: layout, filtered reads, merges (overlap, gaps), atomic and locked writes."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.data.importer import frame_from_arrays
-from app.data.store import DataNotFound, MarketDataStore
+from app.ml.data.importer import frame_from_arrays
+from app.ml.data.store import DataNotFound, MarketDataStore
 
 H = 3600 * 10**9
 T0 = pd.Timestamp("2024-01-01", tz="UTC").value

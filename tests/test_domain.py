@@ -1,4 +1,4 @@
-"""app.domain (enums, timeframes, ids, symbols) and app.scoring (promotion score)."""
+"""app.core.domain (enums, timeframes, ids, symbols) and app.ml.scoring (promotion score)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from app.domain import (
+from app.core.domain import (
     TIMEFRAMES,
     JobStatus,
     ModelStatus,
@@ -19,7 +19,7 @@ from app.domain import (
     normalize_symbol,
     timeframe_seconds,
 )
-from app.scoring import promotion_score, ramp
+from app.ml.scoring import promotion_score, ramp
 
 
 def test_timeframes_and_seconds() -> None:
@@ -75,7 +75,7 @@ def test_normalize_symbol_refuses(raw: str) -> None:
 
 def test_domain_imports_nothing_heavy() -> None:
     code = (
-        "import sys, app.domain, app.scoring; "
+        "import sys, app.core.domain, app.ml.scoring; "
         "heavy = [m for m in ('numpy', 'pandas', 'sqlalchemy', 'flask', 'celery') "
         "if m in sys.modules]; print(','.join(heavy))"
     )

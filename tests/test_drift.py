@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.data.synthetic import generate_ohlcv
-from app.drift import (
+from app.ml.data.synthetic import generate_ohlcv
+from app.ml.features import build_features
+from app.services.checks.drift import (
     build_reference,
     compare_to_reference,
     distribution_summary,
@@ -17,14 +18,13 @@ from app.drift import (
     psi,
     psi_noise,
 )
-from app.features import build_features
 from tests.support.continuous import make_production, seed_market, start
 
 
 @pytest.fixture(autouse=True)
 def _no_relay_kick():
     # These tests do not run workers: nothing should be sent to a broker after commits.
-    from app.events import set_relay_kicker
+    from app.bus.events import set_relay_kicker
 
     set_relay_kicker(None)
     yield
@@ -72,7 +72,7 @@ def test_ks_is_an_effect_size_on_the_reference_grid():
 
 @pytest.mark.parametrize("kind", ["normal", "ties", "on_grid", "shifted"])
 def test_fast_binning_equals_binary_search(kind):
-    from app.drift import grid_slots
+    from app.services.checks.drift import grid_slots
 
     rng = np.random.default_rng(1)
     reference = rng.standard_t(3, 20_000)
@@ -146,9 +146,9 @@ def _aligned(frame: pd.DataFrame, n_hours: int) -> pd.DataFrame:
 
 
 def test_drift_check_on_unchanged_market_reports_no_drift(settings):
+    from app.core.timeutil import utcnow
     from app.db import transaction
-    from app.drift import run_drift_check
-    from app.timeutil import utcnow
+    from app.services.checks.drift import run_drift_check
 
     frame = _aligned(generate_ohlcv("random_walk", 1900, "1h", seed=11), 1900)
     version = _production_on(settings, frame, 1500)
@@ -161,10 +161,10 @@ def test_drift_check_on_unchanged_market_reports_no_drift(settings):
 
 
 def test_drift_check_on_shifted_market_reports_and_triggers(settings, client, auth):
+    from app.core.timeutil import utcnow
     from app.db import transaction
-    from app.drift import run_drift_check
-    from app.timeutil import utcnow
-    from app.triggers import arbitrate
+    from app.services.checks.drift import run_drift_check
+    from app.services.triggers import arbitrate
 
     frame = _aligned(_shifted(vol=0.015), 2000)
     version = _production_on(settings, frame, 1500)
@@ -198,9 +198,9 @@ def test_drift_check_on_shifted_market_reports_and_triggers(settings, client, au
 
 
 def test_drift_reference_is_rebuilt_for_a_version_without_one(settings):
+    from app.core.timeutil import utcnow
     from app.db import transaction
-    from app.drift import run_drift_check
-    from app.timeutil import utcnow
+    from app.services.checks.drift import run_drift_check
 
     frame = _aligned(_shifted(vol=0.015), 2000)
     version = _production_on(settings, frame, 1500, with_reference=False)
@@ -222,13 +222,13 @@ def test_drift_list_filters_and_rejects_a_bad_cursor(settings, client, auth):
 def test_beat_tasks_check_every_production_model(settings):
     """drift_check and performance_check as beat runs them: every production model,
     reports written, triggers arbitrated; an externally registered one is skipped."""
-    from app import registry
-    from app.artifacts import ArtifactStore
-    from app.backtest import run_backtest
     from app.db import transaction
-    from app.evaluation import probabilities_to_positions
+    from app.ml.artifacts import ArtifactStore
+    from app.ml.backtest import run_backtest
+    from app.ml.evaluation import probabilities_to_positions
+    from app.ml.trainers import get_trainer, load_model
     from app.models.continuous import DriftReport, PerformanceReport
-    from app.trainers import get_trainer, load_model
+    from app.services import registry
     from workers.tasks_continuous import drift_check, performance_check
 
     frame = _aligned(_shifted(vol=0.015), 2000)

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.artifacts import ArtifactStore
-from app.config import DEFAULT_GATE, load_settings
-from app.data.synthetic import generate_ohlcv
-from app.evaluation import (
+from app.core.config import DEFAULT_GATE, load_settings
+from app.ml.artifacts import ArtifactStore
+from app.ml.data.synthetic import generate_ohlcv
+from app.ml.evaluation import (
     Dataset,
     EvaluationConfig,
     Fold,
@@ -34,7 +34,7 @@ from app.evaluation import (
     train_fold,
     walk_forward_predictions,
 )
-from app.trainers import get_trainer
+from app.ml.trainers import get_trainer
 
 CONTRACT_KEYS = {"sharpe", "win_rate", "profit_factor", "max_drawdown", "trades", "total_return",
                  "promotion_score"}
@@ -369,11 +369,11 @@ def test_final_fit_uses_every_row_and_is_deployable(planted, tmp_path):
 
 
 def test_unknown_model_type_fails_before_any_work(planted):
-    from app.trainers import TrainerNotAvailable
+    from app.ml.trainers import TrainerNotAvailable
 
     with pytest.raises(TrainerNotAvailable, match="nhits"):
         run_walk_forward(planted, "nhits", {})
-    from app.trainers import InvalidParams
+    from app.ml.trainers import InvalidParams
 
     with pytest.raises(InvalidParams, match="max_depth"):
         run_walk_forward(planted, "xgboost", {"max_depth": 99})

@@ -20,15 +20,15 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from app.bus.events import emit, make_envelope, process_inbound, relay_outbox
 from app.db import transaction
-from app.events import emit, make_envelope, process_inbound, relay_outbox
 from app.models.continuous import DeadLetter, InboxEvent, OutboxEvent
 from tests.support.workers import REPO
 
 
 @pytest.fixture(autouse=True)
 def _no_relay_kick():
-    from app.events import set_relay_kicker
+    from app.bus.events import set_relay_kicker
 
     set_relay_kicker(None)
     yield
@@ -56,7 +56,7 @@ def subscriber(settings, keys=("training.#", "evaluation.#", "model.#", "test.#"
     kombu, nothing from CLM). Yields a function returning the envelopes received so far."""
     from kombu import Connection, Exchange, Queue, binding
 
-    from app.broker import transport_options
+    from app.bus.broker import transport_options
 
     exchange = Exchange(settings.events_exchange, type="topic", durable=True)
     name = f"test-subscriber-{uuid.uuid4().hex[:8]}"
@@ -119,8 +119,8 @@ def test_emit_commits_and_rolls_back_with_the_callers_transaction(settings):
 
 
 def test_promotion_and_rollback_are_announced_in_the_same_transaction(settings):
-    from app import registry
-    from app.errors import NotFound
+    from app.core.errors import NotFound
+    from app.services import registry
 
     metrics = {"sharpe": 1.0, "win_rate": 0.5, "profit_factor": 1.2, "max_drawdown": 0.1,
                "trades": 10, "total_return": 0.1}
@@ -163,8 +163,8 @@ def test_relay_publishes_in_order_with_the_event_ids(bus_settings):
 
 _RELAY_THEN_DIE = """
 import os, signal
-from app.config import get_settings
-from app.events import relay_outbox
+from app.core.config import get_settings
+from app.bus.events import relay_outbox
 die = lambda ids: os.kill(os.getpid(), signal.SIGKILL)
 relay_outbox(get_settings(), **{{"{hook}": die}})
 """
@@ -205,8 +205,8 @@ def test_relay_killed_before_publishing_loses_nothing(redis_settings):
 
 # -- inbound ----------------------------------------------------------------------------
 def _market_and_production(settings) -> dict[str, Any]:
-    from app import registry
-    from app.data.synthetic import generate_ohlcv
+    from app.ml.data.synthetic import generate_ohlcv
+    from app.services import registry
     from tests.support.continuous import seed_market, start
 
     seed_market(settings, generate_ohlcv("random_walk", 1500, "1h", seed=2, start=start(1500)))
@@ -295,7 +295,7 @@ def test_consumer_reads_the_bus(redis_settings):
     """`consume` on its durable queue: a valid and a malformed message, both acked."""
     from kombu import Connection, Producer
 
-    from app.events import consume, exchange, inbound_queue
+    from app.bus.events import consume, exchange, inbound_queue
 
     settings = redis_settings
     _market_and_production(settings)
@@ -368,7 +368,7 @@ def test_live_report_input_errors(settings, client, auth):
                       '"returns": [NaN, 0.1]}', content_type="application/json",
                       headers=auth("operator"))
     assert nan.status_code in (400, 422)
-    from app import registry
+    from app.services import registry
 
     with transaction(settings.database_url, immediate=True) as session:
         registry.register_version(session, model_type="xgboost", symbol="BTCUSDT",
@@ -426,7 +426,7 @@ def client_for():
 
     def build(settings):
         from app import create_app
-        from app.auth import create_token
+        from app.services.auth import create_token
 
         flask_app = create_app(settings)
         flask_app.config["TESTING"] = True

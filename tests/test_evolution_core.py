@@ -9,23 +9,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.evolution.objectives import (
+from app.analysis.objectives import (
     Constraints,
     constraint_values,
     is_feasible,
     objective_values,
     parse_objectives,
 )
-from app.evolution.overfitting import (
+from app.analysis.overfitting import (
     deflated_sharpe_ratio,
     expected_max_sharpe,
     holdout_split,
     holdout_verdict,
     probabilistic_sharpe_ratio,
 )
-from app.evolution.selection import choose, dominates, hypervolume, pareto_front
-from app.evolution.space import SpaceError, TradingRules, decode, space_for
-from app.evolution.strategy import positions_from_probabilities
+from app.analysis.selection import choose, dominates, hypervolume, pareto_front
+from app.ml.evolution.space import SpaceError, TradingRules, decode, space_for
+from app.ml.evolution.strategy import positions_from_probabilities
 
 DIRS = ["maximize", "minimize"]
 

@@ -16,7 +16,7 @@ import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from app.evolution import search
+from app.services.evolution import search
 
 DISTS = {
     "a": IntDistribution(2, 96),

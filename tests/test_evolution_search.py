@@ -13,13 +13,14 @@ import pandas as pd
 import pytest
 from sqlalchemy import select, text, update
 
-from app.config import Settings
+from app.bus import evolution_dispatch as dispatch
+from app.core.config import Settings
+from app.core.timeutil import utcnow
 from app.db import transaction
-from app.evolution import dispatch, search, service
-from app.evolution.space import ParamDef, StrategySpace
-from app.features import DEFAULT_WINDOWS
+from app.ml.evolution.space import ParamDef, StrategySpace
+from app.ml.features import DEFAULT_WINDOWS
 from app.models.evolution import CandidateStatus, SearchGeneration, StrategyCandidate
-from app.timeutil import utcnow
+from app.services.evolution import search, service
 
 PLANTED_LAG = 40
 PLANTED_REGION = (34, 46)
@@ -206,7 +207,7 @@ def test_evaluation_error_fails_the_trial_not_the_search(
 
 # -- HTTP -------------------------------------------------------------------------------
 def _store_data(settings: Settings, frame: pd.DataFrame) -> None:
-    from app.data.store import MarketDataStore
+    from app.ml.data.store import MarketDataStore
 
     MarketDataStore(settings.data_dir).merge("BTCUSDT", "1h", frame)
 

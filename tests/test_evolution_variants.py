@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from app.config import Settings
+from app.core.config import Settings
+from app.core.timeutil import utcnow
 from app.db import transaction
-from app.evolution import service
 from app.models.evolution import StrategySearch
-from app.timeutil import utcnow
+from app.services.evolution import service
 from tests.support.pipeline import run_job_inline
 from tests.test_evolution_search import planted_frame
 
@@ -22,7 +22,7 @@ from tests.test_evolution_search import planted_frame
 def test_variants_start_from_the_strategy_the_version_was_trained_with() -> None:
     """The "current" control is the production version's whole strategy: model
     parameters, windows, label horizon and trading rules read back from its lineage."""
-    from app.evolution.space import space_for
+    from app.ml.evolution.space import space_for
 
     space = space_for("xgboost")
     version = {"params": {"n_estimators": 120, "max_depth": 5, "learning_rate": 0.05},
@@ -46,9 +46,9 @@ def test_variants_start_from_the_strategy_the_version_was_trained_with() -> None
 @pytest.mark.slow
 def test_degraded_model_gets_variants_and_one_is_trained_through_the_gate(
         sqlite_url: str, make_settings: Callable[..., Settings]) -> None:
-    from app import registry
-    from app.data.store import MarketDataStore
-    from app.performance import LiveReport, record_live_report
+    from app.ml.data.store import MarketDataStore
+    from app.services import registry
+    from app.services.checks.performance import LiveReport, record_live_report
 
     settings = make_settings(sqlite_url, CLM_EVOLUTION_VARIANTS=4,
                              CLM_PERFORMANCE_MIN_TRADES=5)

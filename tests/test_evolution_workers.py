@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from app.config import Settings
+from app.bus import evolution_dispatch as dispatch
+from app.core.config import Settings
 from app.db import transaction
-from app.evolution import dispatch, service
-from app.evolution.space import ParamDef, StrategySpace
+from app.ml.evolution.space import ParamDef, StrategySpace
+from app.services.evolution import service
 from tests.support.workers import WorkerSpec, running_workers, wait_for
 from tests.test_evolution_search import FAST_EVAL, TINY_WINDOWS, planted_frame
 

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.data.synthetic import generate_ohlcv
-from app.features import (
+from app.ml.data.synthetic import generate_ohlcv
+from app.ml.features import (
     DEFAULT_WINDOWS,
     FEATURE_SET_VERSION,
     build_features,

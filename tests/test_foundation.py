@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app import migrate
-from app.config import ConfigError, load_settings
+from app.core.config import ConfigError, load_settings
 
 
 def test_empty_variables_count_as_unset(tmp_path):

@@ -1,4 +1,4 @@
-"""app.data.importer: formats (CSV, Parquet, Binance ms/µs, zipped) and refusals by line."""
+"""app.ml.data.importer: formats (CSV, Parquet, Binance ms/µs, zipped) and refusals by line."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.data.importer import DataValidationError, load_ohlcv, load_positions
-from app.data.store import MarketDataStore
+from app.ml.data.importer import DataValidationError, load_ohlcv, load_positions
+from app.ml.data.store import MarketDataStore
 
 HEADER = "timestamp,open,high,low,close,volume"
 T0 = 1704067200  # 2024-01-01T00:00:00Z

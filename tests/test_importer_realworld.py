@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from app.data.importer import DataValidationError, load_ohlcv
-from app.data.store import MarketDataStore, SeriesMismatch
+from app.ml.data.importer import DataValidationError, load_ohlcv
+from app.ml.data.store import MarketDataStore, SeriesMismatch
 
 T0 = 1704067200  # 2024-01-01T00:00:00Z
 

@@ -1,6 +1,6 @@
 """Evolve jobs are real jobs, and POST /clm/train is a trigger decision.
 
-- A strategy search (POST /clm/evolve, app.evolution.service) creates a `kind=evolve` row
+- A strategy search (POST /clm/evolve, app.services.evolution.service) creates a `kind=evolve` row
   in training_jobs whose status, progress (trials recorded / planned) and steps (one per
   generation) follow the search; GET /clm/jobs lists it and filters by kind.
 - The one-active-job rule covers train jobs only: a model may train while it is searched.
@@ -21,14 +21,15 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from app import jobs
-from app.config import Settings
-from app.data.store import MarketDataStore
+from app.bus import evolution_dispatch as dispatch
+from app.core.config import Settings
+from app.core.timeutil import utcnow
 from app.db import transaction
-from app.evolution import dispatch, service
+from app.ml.data.store import MarketDataStore
 from app.models.continuous import TriggerDecision, TriggerOutcome
 from app.models.jobs import JobKind, JobStage, TrainingJob
-from app.timeutil import utcnow
+from app.services import jobs
+from app.services.evolution import service
 from tests.test_evolution_search import FAST_EVAL, planted_frame, planted_space
 
 MODEL_ID = "xgboost_btcusdt_1h"
@@ -170,7 +171,7 @@ def test_the_jobs_reaper_claims_and_publishing_leave_evolve_jobs_alone(
 
 def test_arbitration_does_not_mistake_a_search_for_an_active_training(
         settings: Settings) -> None:
-    from app.triggers import arbitrate, request_training
+    from app.services.triggers import arbitrate, request_training
 
     _store_market(settings)
     _start_search(settings)
@@ -257,7 +258,7 @@ def test_http_train_records_triggered_and_coalesced_decisions(
     by_job = client.get(f"/clm/triggers?job_id={job_id}&outcome=triggered",
                         headers=auth("viewer")).get_json()["items"]
     assert [d["id"] for d in by_job] == [triggered.id]
-    from app.triggers import arbitrate
+    from app.services.triggers import arbitrate
 
     with transaction(settings.database_url, immediate=True) as session:
         assert arbitrate(session, settings, now=utcnow()) == []

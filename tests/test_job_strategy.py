@@ -8,7 +8,8 @@ same reference, built where the data already is.
 - The version's lineage names the strategy; the evaluation says positions came from the
   strategy's rules.
 - The drift reference the evaluate step builds from memory equals what
-  app.drift.training_lineage builds by reading the artifacts back; the regime summary
+  app.services.checks.drift.training_lineage builds by reading the artifacts back; the regime
+  summary
   equals the one of the raw bars.
 - Strategy validation names the offending field.
 
@@ -22,13 +23,14 @@ from typing import Any
 
 import pytest
 
-from app import jobs, pipeline
-from app.config import Settings
-from app.data.store import MarketDataStore
+from app.core.config import Settings
+from app.core.errors import InvalidInput
 from app.db import transaction
-from app.errors import InvalidInput
-from app.evolution import service
-from app.evolution.space import ParamDef, StrategySpace
+from app.flows import pipeline
+from app.ml.data.store import MarketDataStore
+from app.ml.evolution.space import ParamDef, StrategySpace
+from app.services import jobs
+from app.services.evolution import service
 from tests.support.pipeline import run_job_inline
 from tests.test_evolution_search import TINY_WINDOWS, planted_frame
 
@@ -56,7 +58,7 @@ def local(sqlite_url: str, make_settings: Callable[..., Settings]) -> Settings:
 
 def test_a_trained_candidate_is_judged_on_the_strategy_the_search_found(
         local: Settings) -> None:
-    from app import registry
+    from app.services import registry
 
     settings = local
     frame = planted_frame(BARS)
@@ -107,13 +109,13 @@ def test_without_rules_the_same_predictions_would_be_judged_differently(
     trade differently, which is why the pipeline must use the rules."""
     import numpy as np
 
-    from app.evaluation import (
+    from app.ml.evaluation import (
         EvaluationConfig,
         make_folds,
         prepare_dataset,
         walk_forward_predictions,
     )
-    from app.trainers import get_trainer
+    from app.ml.trainers import get_trainer
 
     cfg = EvaluationConfig(label_horizon=3, long_threshold=0.53, short_threshold=0.47)
     dataset = prepare_dataset(planted_frame(1200), cfg, TINY_WINDOWS)
@@ -132,10 +134,10 @@ def test_without_rules_the_same_predictions_would_be_judged_differently(
 
 
 def test_drift_reference_built_in_memory_equals_the_one_read_back(local: Settings) -> None:
-    from app import registry
-    from app.artifacts import ArtifactStore
-    from app.drift import load_reference, training_lineage
-    from app.evaluation import dataset_from_frame
+    from app.ml.artifacts import ArtifactStore
+    from app.ml.evaluation import dataset_from_frame
+    from app.services import registry
+    from app.services.checks.drift import load_reference, training_lineage
 
     settings = local
     MarketDataStore(settings.data_dir).merge("BTCUSDT", "1h", planted_frame(BARS))

@@ -18,9 +18,9 @@ import pytest
 from sqlalchemy import func, select
 
 from app.db import transaction
+from app.flows.pipeline import execute_reap
 from app.models.jobs import TrainingJobWorkItem, WorkStatus
 from app.models.registry import ModelVersion
-from app.pipeline import execute_reap
 from tests.support.pipeline import SPAN_DAYS, make_backend, seed_market
 from tests.support.workers import WorkerSpec, running_beat, running_workers, wait_for
 

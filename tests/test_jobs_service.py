@@ -10,14 +10,14 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from app import jobs
-from app.data.store import MarketDataStore
-from app.data.synthetic import generate_ohlcv
+from app.core.domain import JobStatus, ModelType, TriggerReason
+from app.core.errors import InvalidInput
+from app.core.timeutil import utcnow
 from app.db import transaction
-from app.domain import JobStatus, ModelType, TriggerReason
-from app.errors import InvalidInput
+from app.ml.data.store import MarketDataStore
+from app.ml.data.synthetic import generate_ohlcv
 from app.models.jobs import JobStage, TrainingJob, TrainingJobWorkItem, WorkKind
-from app.timeutil import utcnow
+from app.services import jobs
 
 BARS = 1500  # 62.5 days of 1h bars: enough for 3 folds with the default EvaluationConfig
 
@@ -354,7 +354,7 @@ def test_jobs_api_auth_and_bad_input(client, auth, market):
 def test_a_permanent_step_error_fails_the_job_naming_the_step(settings, market):
     import shutil
 
-    from app.pipeline import execute_stage
+    from app.flows.pipeline import execute_stage
 
     job = _create(settings)
     shutil.rmtree(settings.data_dir / "PLANTED")  # the data vanished after validation
@@ -373,7 +373,7 @@ def test_a_permanent_step_error_fails_the_job_naming_the_step(settings, market):
 def test_transient_database_errors_reach_celery_for_a_retry(make_settings):
     from sqlalchemy.exc import OperationalError
 
-    from app.pipeline import execute_stage, execute_work_item
+    from app.flows.pipeline import execute_stage, execute_work_item
 
     settings = make_settings("postgresql+psycopg://postgres@127.0.0.1:1/nothing")
     job_id = "3f2b1c9e-8f0a-4c1e-9b6a-2d7c1e0f9a11"

@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from app.config import Settings
+from app.core.config import Settings
 from app.db import dispose_engines, transaction
 from app.models.jobs import TrainingJob, TrainingJobStep, TrainingJobWorkItem, WorkStatus
 from app.models.registry import ModelVersion
@@ -65,7 +65,7 @@ def _backend(make_settings: Callable[..., Settings], db_url: str, broker_url: st
     """Settings, Flask test client and one token per role on the given services."""
     settings = make_settings(db_url, CLM_BROKER_URL=broker_url, **env)
     from app import create_app
-    from app.auth import create_token
+    from app.services.auth import create_token
 
     flask_app = create_app(settings)
     flask_app.config["TESTING"] = True
@@ -147,14 +147,14 @@ def test_redis_restart_loses_the_queue_but_every_job_finishes_once(
     backend = _backend(make_settings, pg_url, private_redis.url(), **FAST_RECOVERY)
     settings = backend.settings
     seed_market(settings)
-    from app.data.store import MarketDataStore
-    from app.data.synthetic import generate_ohlcv
+    from app.ml.data.store import MarketDataStore
+    from app.ml.data.synthetic import generate_ohlcv
 
     MarketDataStore(settings.data_dir).merge("EXTRA", "1h",
                                              generate_ohlcv("random_walk", 3000, seed=5))
     specs = [WorkerSpec("steps", ("data", "evaluate", "default"), 1),
              WorkerSpec("train", ("train",), 1)]
-    from app.broker import queue_depths
+    from app.bus.broker import queue_depths
 
     with running_workers(specs, log_dir=tmp_path / "logs") as workers, \
             running_beat(log_dir=tmp_path / "logs"):
@@ -285,7 +285,7 @@ def running_consumer(settings: Settings, log_path: Path) -> Iterator[WorkerProce
     """`clm events consume` (its queue declared first), stopped on exit."""
     from kombu import Connection
 
-    from app.events import exchange, inbound_queue
+    from app.bus.events import exchange, inbound_queue
 
     with Connection(settings.broker_url) as conn:
         channel = conn.channel()
@@ -311,7 +311,7 @@ def publish_inbound(settings: Settings, body: str) -> None:
     """A raw message on the events exchange, as an external producer sends it."""
     from kombu import Connection, Producer
 
-    from app.events import exchange
+    from app.bus.events import exchange
 
     with Connection(settings.broker_url) as conn:
         Producer(conn.channel(), exchange=exchange(settings)).publish(
@@ -367,7 +367,8 @@ def test_a_pool_process_cancelled_inside_native_code_does_not_fail_the_job(
     import billiard.common
     from xgboost.core import XGBoostError
 
-    from app import jobs, pipeline
+    from app.flows import pipeline
+    from app.services import jobs
 
     settings = make_settings(sqlite_url)
     seed_market(settings)

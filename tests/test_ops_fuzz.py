@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from app.config import Settings
+from app.core.config import Settings
 from tests.support.pipeline import seed_market
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(300)]
@@ -40,9 +40,9 @@ def fuzz_app(request: pytest.FixtureRequest,
     """The Flask app on a fresh PostgreSQL database (FUZZ_BACKEND=sqlite: SQLite), with
     tokens and some market data."""
     from app import create_app
-    from app.auth import create_token
-    from app.config import get_settings, load_settings
+    from app.core.config import get_settings, load_settings
     from app.db import dispose_engines, transaction
+    from app.services.auth import create_token
 
     sqlite = os.environ.get("FUZZ_BACKEND") == "sqlite"
     dbs = request.getfixturevalue("sqlite_dbs" if sqlite else "postgres_dbs")

@@ -36,8 +36,8 @@ def test_concurrent_clients_submit_jobs_none_lost_none_run_twice(
     settings = make_settings(pg_url, CLM_BROKER_URL=redis_broker_url,
                              CLM_WALK_FORWARD_FOLDS=2, CLM_TRAIN_THREADS=1,
                              CLM_LOG_LEVEL="WARNING")
-    from app.auth import create_token
     from app.db import transaction
+    from app.services.auth import create_token
 
     with transaction(settings.database_url) as session:
         token = create_token(session, role="operator", name="load")

@@ -12,9 +12,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.core.timeutil import utcnow
 from app.db import transaction
 from app.models.continuous import DriftReport
-from app.timeutil import utcnow
 from tests.support.pipeline import SPAN_DAYS, seed_market
 
 

@@ -35,7 +35,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.config import load_settings
+from app.core.config import load_settings
 from tests.support.pipeline import SPAN_DAYS, seed_market
 from tests.support.private_services import free_port
 from tests.support.workers import REPO, tail, wait_for
@@ -141,8 +141,8 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     settings = load_settings(env)
     assert settings.database_url.startswith("sqlite") and settings.is_embedded_broker
     seed_market(settings)
-    from app.auth import create_token
     from app.db import dispose_engines, transaction
+    from app.services.auth import create_token
 
     with transaction(settings.database_url) as session:
         token = create_token(session, role="operator", name="ops-test")
@@ -407,7 +407,7 @@ def test_clm_data_import_shows_a_progress_bar_on_a_terminal(tmp_path: Path):
     import struct
     import termios
 
-    from app.data.synthetic import generate_ohlcv
+    from app.ml.data.synthetic import generate_ohlcv
 
     frame = generate_ohlcv("random_walk", 150_000, "1m", seed=3)
     csv = tmp_path / "big.csv"

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.data.synthetic import generate_regime_series
-from app.regime import (
+from app.ml.data.synthetic import generate_regime_series
+from app.services.checks.regime import (
     classify_current,
     regime_labels,
     restrict_to_regime,
@@ -26,7 +26,7 @@ from tests.support.pipeline import run_job_inline
 
 @pytest.fixture(autouse=True)
 def _no_relay_kick():
-    from app.events import set_relay_kicker
+    from app.bus.events import set_relay_kicker
 
     set_relay_kicker(None)
     yield
@@ -82,7 +82,7 @@ def test_labels_at_t_do_not_depend_on_later_bars():
 
 
 def test_restrict_to_regime_keeps_only_that_regimes_rows():
-    from app.evaluation import EvaluationConfig, prepare_dataset
+    from app.ml.evaluation import EvaluationConfig, prepare_dataset
 
     frame, _ = _switching(1500, 1500)
     dataset = prepare_dataset(frame, EvaluationConfig())
@@ -106,7 +106,7 @@ def test_current_regime_uses_the_versions_threshold():
 
 def test_regime_champion_is_the_best_gate_passing_version(settings, client, auth):
     from app.db import transaction
-    from app.regime import consider_regime_champion
+    from app.services.checks.regime import consider_regime_champion
 
     def consider(version: str, sharpe: float, passed: bool = True) -> bool:
         with transaction(settings.database_url, immediate=True) as session:
@@ -137,12 +137,12 @@ def loose_gate(sqlite_url, make_settings):
 
 
 def test_switch_from_calm_to_volatile_produces_a_regime_specific_model(loose_gate):
-    from app import registry
+    from app.core.timeutil import utcnow
     from app.db import transaction
     from app.models.continuous import RegimeChampion
-    from app.regime import run_regime_check
-    from app.timeutil import utcnow
-    from app.triggers import arbitrate
+    from app.services import registry
+    from app.services.checks.regime import run_regime_check
+    from app.services.triggers import arbitrate
 
     settings = loose_gate
     frame, _ = _switching(1200, 2400)
@@ -168,7 +168,7 @@ def test_switch_from_calm_to_volatile_produces_a_regime_specific_model(loose_gat
     assert version["regime"] == current
     # Trained on that regime's bars only: every dataset row carries the regime's label
     # (labels fitted on the raw window the job fetched).
-    from app.artifacts import ArtifactStore
+    from app.ml.artifacts import ArtifactStore
 
     store = ArtifactStore(settings.artifact_root)
     kept = version["lineage"]["artifacts"]["dataset"]

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from app import registry
+from app.core.errors import Conflict, InvalidInput, NotFound
+from app.core.timeutil import utcnow
 from app.db import transaction
-from app.errors import Conflict, InvalidInput, NotFound
 from app.models.registry import AuditEntry, ModelVersion, VersionStatusChange
-from app.timeutil import utcnow
+from app.services import registry
 from tests.support.registry_race import ProductionWatcher, process_promoter, promote_once
 
 MODEL = "xgboost_btcusdt_1h"

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.data.synthetic import KINDS, REGIMES, generate_ohlcv, generate_regime_series
+from app.ml.data.synthetic import KINDS, REGIMES, generate_ohlcv, generate_regime_series
 
 
 @pytest.mark.parametrize("kind", KINDS)

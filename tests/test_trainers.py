@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.artifacts import ArtifactCorrupt, ArtifactStore
-from app.data.synthetic import generate_ohlcv
-from app.features import build_features, make_labels, warmup_bars
-from app.trainers import (
+from app.ml.artifacts import ArtifactCorrupt, ArtifactStore
+from app.ml.data.synthetic import generate_ohlcv
+from app.ml.features import build_features, make_labels, warmup_bars
+from app.ml.trainers import (
     ENTRY_POINT_GROUP,
     InvalidParams,
     Trainer,
@@ -21,8 +21,8 @@ from app.trainers import (
     load_model,
     save_model,
 )
-from app.trainers.lightgbm_trainer import LightGBMTrainer
-from app.trainers.xgboost_trainer import XGBoostTrainer
+from app.ml.trainers.lightgbm_trainer import LightGBMTrainer
+from app.ml.trainers.xgboost_trainer import XGBoostTrainer
 
 BUILT_INS = {"xgboost": (XGBoostTrainer, "xgboost-ubj", ".ubj"),
              "lightgbm": (LightGBMTrainer, "lightgbm-txt", ".txt")}
@@ -131,8 +131,8 @@ def test_bad_training_input_is_refused(model_type, data):
 
 def test_built_ins_are_discovered_through_entry_points():
     eps = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    assert eps["xgboost"].value == "app.trainers.xgboost_trainer:XGBoostTrainer"
-    assert eps["lightgbm"].value == "app.trainers.lightgbm_trainer:LightGBMTrainer"
+    assert eps["xgboost"].value == "app.ml.trainers.xgboost_trainer:XGBoostTrainer"
+    assert eps["lightgbm"].value == "app.ml.trainers.lightgbm_trainer:LightGBMTrainer"
     assert eps["xgboost"].load() is XGBoostTrainer
     assert {"xgboost", "lightgbm"} <= set(available_trainers())
 

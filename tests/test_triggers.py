@@ -13,15 +13,15 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from app.data.synthetic import generate_ohlcv
 from app.db import transaction
-from app.triggers import arbitrate, request_training, run_tick
+from app.ml.data.synthetic import generate_ohlcv
+from app.services.triggers import arbitrate, request_training, run_tick
 from tests.support.continuous import seed_market, start
 
 
 @pytest.fixture(autouse=True)
 def _no_relay_kick():
-    from app.events import set_relay_kicker
+    from app.bus.events import set_relay_kicker
 
     set_relay_kicker(None)
     yield
@@ -35,7 +35,7 @@ def _market(settings, symbol: str = "BTCUSDT", bars: int = 1500) -> None:
 
 def _production(settings, model_type: str, symbol: str = "BTCUSDT") -> dict[str, Any]:
     """An externally registered version put in production (metrics only, no artifact)."""
-    from app import registry
+    from app.services import registry
 
     metrics = {"sharpe": 1.1, "win_rate": 0.55, "profit_factor": 1.4, "max_drawdown": 0.1,
                "trades": 60, "total_return": 0.1, "promotion_score": 60.0}
@@ -47,8 +47,8 @@ def _production(settings, model_type: str, symbol: str = "BTCUSDT") -> dict[str,
 
 
 def _created_at(settings, model_id: str) -> datetime:
+    from app.core.timeutil import ensure_utc
     from app.models.registry import ModelVersion
-    from app.timeutil import ensure_utc
 
     with transaction(settings.database_url) as session:
         return ensure_utc(session.scalar(select(ModelVersion.created_at)
@@ -61,15 +61,15 @@ def tick(settings, now: datetime):
 
 
 def decisions(settings, **filters: Any) -> list[dict[str, Any]]:
-    from app.triggers import list_decisions
+    from app.services.triggers import list_decisions
 
     with transaction(settings.database_url) as session:
         return [d.to_dict() for d in list_decisions(session, limit=500, **filters)][::-1]
 
 
 def finish_job(settings, job_id: str, at: datetime) -> None:
-    """End a job the way the pipeline does when it fails (app.jobs.fail_job)."""
-    from app import jobs
+    """End a job the way the pipeline does when it fails (app.services.jobs.fail_job)."""
+    from app.services import jobs
 
     with transaction(settings.database_url, immediate=True) as session:
         assert jobs.fail_job(session, job_id, "ended by the test", now=at)
@@ -118,8 +118,8 @@ def test_periodic_due_and_not_due_per_model_type(settings):
 def test_intervals_are_configurable_per_type_and_per_model(db_url, make_settings):
     settings = make_settings(db_url, CLM_RETRAIN_INTERVAL_HOURS='{"xgboost": 12}',
                              CLM_TRIGGER_COOLDOWN_HOURS="1")
-    from app.timeutil import utcnow
-    from app.triggers import track_model
+    from app.core.timeutil import utcnow
+    from app.services.triggers import track_model
 
     _market(settings)
     xgb = _production(settings, "xgboost")["model_id"]
@@ -230,7 +230,7 @@ def test_manual_outranks_automatic_triggers(settings):
     by_reason = {d["reason"]: d for d in decisions(settings)}
     assert by_reason["manual"]["outcome"] == "triggered"
     assert by_reason["performance_degraded"]["outcome"] == "coalesced"
-    from app import jobs
+    from app.services import jobs
 
     with transaction(settings.database_url) as session:
         job = jobs.get_job(session, job_id)
@@ -365,8 +365,8 @@ def test_tracking_refuses_params_its_trainer_rejects(settings, client, auth, par
 
 # -- the real tasks ---------------------------------------------------------------------
 def test_the_celery_tick_task_starts_due_jobs_once(settings):
-    from app.timeutil import utcnow
-    from app.triggers import track_model
+    from app.core.timeutil import utcnow
+    from app.services.triggers import track_model
     from workers.schedule import beat_schedule
     from workers.tasks_continuous import scheduler_tick
 

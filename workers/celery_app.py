@@ -12,8 +12,8 @@ from celery import Celery
 from celery.signals import worker_process_init
 from kombu import Exchange, Queue
 
-from app.broker import WORK_QUEUES, transport_options
-from app.config import Settings, get_settings
+from app.bus.broker import WORK_QUEUES, transport_options
+from app.core.config import Settings, get_settings
 from workers.schedule import beat_schedule
 
 TASK_MODULES = ["workers.tasks", "workers.tasks_continuous", "workers.tasks_evolution"]

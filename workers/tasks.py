@@ -1,4 +1,4 @@
-"""Celery tasks of the training pipeline: thin adapters that call app/pipeline.py by id.
+"""Celery tasks of the training pipeline: thin adapters that call app/flows/pipeline.py by id.
 
 Each task names itself explicitly (`clm.job.*`, `clm.jobs.reap`), takes only ids, and
 delegates to an executor that owns its transactions, its lease and what to publish after
@@ -20,8 +20,8 @@ from celery import Task
 from celery.signals import setup_logging, worker_init
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from app.config import get_settings
-from app.pipeline import (
+from app.core.config import get_settings
+from app.flows.pipeline import (
     MAIN_PID_ENV,
     THREADS_ENV,
     execute_reap,
@@ -48,7 +48,7 @@ RETRY: dict[str, Any] = {
 @setup_logging.connect
 def _configure_logging(loglevel: Any = None, **_: Any) -> None:
     # CLM's structured logs (JSON lines with job_id) instead of Celery's own format.
-    from app.logs import configure_logging
+    from app.core.logs import configure_logging
 
     settings = get_settings()
     level = loglevel if isinstance(loglevel, str) else settings.log_level

@@ -1,13 +1,14 @@
 """Celery tasks of continuous learning: thin adapters over app/ services.
 
 Beat runs a small fixed set of these (workers/schedule.py), never one entry per model:
-- `clm.continuous.tick`: the scheduler tick (app.triggers.run_tick) — what is due, and
+- `clm.continuous.tick`: the scheduler tick (app.services.triggers.run_tick) — what is due, and
   arbitration of every pending trigger; jobs are enqueued after the commit.
-- `clm.continuous.drift_check`: drift (app.drift) and regime (app.regime) checks of every
+- `clm.continuous.drift_check`: drift (app.services.checks.drift) and regime
+  (app.services.checks.regime) checks of every
   tracked production model, one short transaction per model.
 - `clm.continuous.performance_check`: paper performance of every tracked production model
-  (app.performance).
-- `clm.events.relay`: publish the outbox (app.events.relay_outbox); also kicked after
+  (app.services.checks.performance).
+- `clm.events.relay`: publish the outbox (app.bus.events.relay_outbox); also kicked after
   every commit that emitted events.
 Each decides what to do from the database, so a second beat started by mistake only
 produces duplicate decisions that the unique keys refuse.
@@ -20,9 +21,9 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from app.config import get_settings
+from app.core.config import get_settings
+from app.core.timeutil import utcnow
 from app.db import transaction
-from app.timeutil import utcnow
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ RETRY: dict[str, Any] = {
 
 
 def _enqueue(job_ids: list[str]) -> None:
-    from app.jobs import enqueue_job
+    from app.services.jobs import enqueue_job
 
     for job_id in job_ids:
         enqueue_job(job_id)
@@ -49,7 +50,7 @@ def _enqueue(job_ids: list[str]) -> None:
 
 def run_tick_now() -> dict[str, Any]:
     """One scheduler tick in its own unit of work, then enqueue the jobs it started."""
-    from app.triggers import run_tick
+    from app.services.triggers import run_tick
 
     settings = get_settings()
     with transaction(settings.database_url, immediate=True) as session:
@@ -62,8 +63,8 @@ def _each_production_model(check: Any, name: str) -> dict[str, Any]:
     """Run `check(session, settings, model_id=..., now=...)` per tracked production
     model, each in its own transaction (one model's bad data never blocks the others),
     then arbitrate what the checks requested and enqueue it."""
-    from app.performance import production_model_ids
-    from app.triggers import arbitrate
+    from app.services.checks.performance import production_model_ids
+    from app.services.triggers import arbitrate
 
     settings = get_settings()
     with transaction(settings.database_url) as session:
@@ -90,9 +91,9 @@ def _each_production_model(check: Any, name: str) -> dict[str, Any]:
 
 
 def _market_checks(session: Any, settings: Any, *, model_id: str, now: Any) -> dict[str, Any]:
-    from app.drift import run_drift_check
-    from app.regime import run_regime_check
-    from app.triggers import tracked_overrides
+    from app.services.checks.drift import run_drift_check
+    from app.services.checks.regime import run_regime_check
+    from app.services.triggers import tracked_overrides
 
     drift = run_drift_check(session, settings, model_id=model_id, now=now,
                             thresholds=tracked_overrides(session, model_id)) or {}
@@ -102,7 +103,7 @@ def _market_checks(session: Any, settings: Any, *, model_id: str, now: Any) -> d
 
 @app.task(name="clm.continuous.tick", **RETRY)
 def scheduler_tick() -> dict[str, Any]:
-    """The scheduler tick (see app.triggers.run_tick)."""
+    """The scheduler tick (see app.services.triggers.run_tick)."""
     return run_tick_now()
 
 
@@ -115,15 +116,15 @@ def drift_check() -> dict[str, Any]:
 @app.task(name="clm.continuous.performance_check", **RETRY)
 def performance_check() -> dict[str, Any]:
     """Paper performance of every tracked production model."""
-    from app.performance import run_paper_check
+    from app.services.checks.performance import run_paper_check
 
     return _each_production_model(run_paper_check, "paper performance check")
 
 
 @app.task(name="clm.events.relay", **RETRY)
 def relay_events() -> dict[str, Any]:
-    """Publish the outbox (app.events.relay_outbox)."""
-    from app.events import relay_outbox
+    """Publish the outbox (app.bus.events.relay_outbox)."""
+    from app.bus.events import relay_outbox
 
     result = relay_outbox(get_settings())
     return {"published": result.published, "skipped_locked": result.skipped_locked,

@@ -1,4 +1,4 @@
-"""Celery tasks of the strategy search: thin adapters over app.evolution.service, by id.
+"""Celery tasks of the strategy search: thin adapters over app.services.evolution.service, by id.
 
 - `clm.evolution.advance_search(search_id)` (queue default): the coordinator — asks
   Optuna's NSGA-II for one generation and publishes one evaluation per trial, or
@@ -30,19 +30,20 @@ from celery import Task
 from celery.signals import worker_init
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from app.config import get_settings
-from app.evolution import dispatch, service
+from app.bus import evolution_dispatch as dispatch
+from app.core.config import get_settings
+from app.services.evolution import service
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
 
 # Modules a trial imports lazily; optional ones (a trainer's library) may be missing.
 PRELOAD = ("optuna", "optuna.samplers", "optuna.storages", "optuna.storages._rdb.models",
-           "alembic.migration", "alembic.script", "pyarrow.parquet", "app.evaluation",
-           "app.features", "app.backtest", "app.artifacts", "app.trainers",
-           "app.evolution.evaluate", "app.evolution.overfitting", "app.evolution.selection",
-           "xgboost", "app.trainers.xgboost_trainer", "lightgbm",
-           "app.trainers.lightgbm_trainer")
+           "alembic.migration", "alembic.script", "pyarrow.parquet", "app.ml.evaluation",
+           "app.ml.features", "app.ml.backtest", "app.ml.artifacts", "app.ml.trainers",
+           "app.ml.evolution.evaluate", "app.analysis.overfitting", "app.analysis.selection",
+           "xgboost", "app.ml.trainers.xgboost_trainer", "lightgbm",
+           "app.ml.trainers.lightgbm_trainer")
 
 
 def preload_trial_modules(names: tuple[str, ...] = PRELOAD) -> list[str]:
@@ -64,7 +65,7 @@ def _preload_before_fork(**_: object) -> None:
     try:
         # Optuna's newest schema revision (reading its migration scripts): computed once
         # here instead of in every pool child's first storage start-up.
-        from app.evolution.search import optuna_schema_head
+        from app.services.evolution.search import optuna_schema_head
 
         optuna_schema_head()
     except Exception as exc:  # optional speed-up: the child computes it when needed

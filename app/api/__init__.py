@@ -6,9 +6,8 @@ import importlib
 
 from flask import Flask
 
-from app import metrics
-from app.api import problems
-from app.config import Settings, get_settings
+from app.api import metrics, problems
+from app.core.config import Settings, get_settings
 
 # One blueprint module per owner; each exposes `bp`.
 BLUEPRINT_MODULES = [

@@ -2,7 +2,8 @@
 live performance reports, regime champions and the event log.
 
 Thin: parse (pydantic, 422 naming the field), open the unit of work, call the services in
-app.triggers / app.drift / app.performance / app.regime / app.events, enqueue after
+app.services.triggers / app.services.checks.{drift,performance,regime} / app.bus.events,
+enqueue after
 commit. Viewers read, operators write.
 """
 
@@ -19,9 +20,10 @@ from app.api.pagination import PageQuery, decode_cursor, int_cursor, page
 from app.api.problems import unprocessable
 from app.api.schema import StrictModel, documented, parse_body, parse_query
 from app.api.security import current_actor, require_role
-from app.config import Settings
+from app.core.config import Settings
+from app.core.domain import ModelType, Timeframe, TriggerReason
+from app.core.timeutil import utcnow
 from app.db import transaction
-from app.domain import ModelType, Timeframe, TriggerReason
 from app.models.continuous import (
     DeadLetter,
     DriftReport,
@@ -29,8 +31,7 @@ from app.models.continuous import (
     TrackingSource,
     TriggerOutcome,
 )
-from app.performance import LiveReport
-from app.timeutil import utcnow
+from app.services.checks.performance import LiveReport
 
 bp = Blueprint("continuous", __name__)
 TAG = "continuous"
@@ -78,7 +79,7 @@ class TriggerQuery(SinceQuery):
             "pending), newest first", role="viewer", query=TriggerQuery, tag=TAG)
 @require_role("viewer")
 def list_triggers() -> Any:
-    from app.triggers import list_decisions
+    from app.services.triggers import list_decisions
 
     q = parse_query(TriggerQuery)
     before = _int_cursor(q.cursor)
@@ -116,8 +117,8 @@ class TrackBody(StrictModel):
 def check_tracked_params(model_type: str, params: dict[str, Any] | None) -> None:
     """Refuse (InvalidInput naming `params.<key>`) params the model type's trainer would
     refuse at every retrain; without an installed trainer they cannot be checked yet."""
-    from app.errors import InvalidInput
-    from app.trainers import InvalidParams, TrainerNotAvailable, get_trainer
+    from app.core.errors import InvalidInput
+    from app.ml.trainers import InvalidParams, TrainerNotAvailable, get_trainer
 
     if not params:
         return
@@ -137,7 +138,7 @@ def check_tracked_params(model_type: str, params: dict[str, Any] | None) -> None
             query=TrackedQuery, tag=TAG)
 @require_role("viewer")
 def list_tracked() -> Any:
-    from app.triggers import list_tracked as service
+    from app.services.triggers import list_tracked as service
 
     q = parse_query(TrackedQuery)
     after = decode_cursor(q.cursor)
@@ -159,7 +160,7 @@ def list_tracked() -> Any:
             responses={200: "Updated", 201: "Tracked", 422: "Invalid body"}, tag=TAG)
 @require_role("operator")
 def track() -> Any:
-    from app.triggers import track_model
+    from app.services.triggers import track_model
 
     body = parse_body(TrackBody)
     check_tracked_params(body.model_type.value, body.params)
@@ -185,7 +186,7 @@ def track() -> Any:
             tag=TAG)
 @require_role("operator")
 def untrack(model_id: str) -> Any:
-    from app.triggers import untrack_model
+    from app.services.triggers import untrack_model
 
     settings = _settings()
     with transaction(settings.database_url, immediate=True) as session:
@@ -229,7 +230,7 @@ def list_drift() -> Any:
             responses={200: "The report", 404: "Unknown report"}, tag=TAG)
 @require_role("viewer")
 def get_drift(report_id: str) -> Any:
-    from app.errors import NotFound
+    from app.core.errors import NotFound
 
     # An id that cannot exist (not a digit string, or past the database's integer
     # range) is unknown: 404, never a database error.
@@ -257,9 +258,9 @@ class PerformanceQuery(PageQuery):
                        409: "No production version", 422: "Invalid body"}, tag=TAG)
 @require_role("operator")
 def report_performance() -> Any:
-    from app.jobs import enqueue_job
-    from app.performance import record_live_report
-    from app.triggers import arbitrate
+    from app.services.checks.performance import record_live_report
+    from app.services.jobs import enqueue_job
+    from app.services.triggers import arbitrate
 
     body = parse_body(LiveReport)
     settings = _settings()
@@ -286,7 +287,7 @@ def report_performance() -> Any:
             query=PerformanceQuery, tag=TAG)
 @require_role("viewer")
 def list_performance() -> Any:
-    from app.performance import list_reports
+    from app.services.checks.performance import list_reports
 
     q = parse_query(PerformanceQuery)
     before = _int_cursor(q.cursor)
@@ -335,7 +336,7 @@ class EventQuery(SinceQuery):
             role="viewer", query=EventQuery, tag=TAG)
 @require_role("viewer")
 def list_events() -> Any:
-    from app.events import list_events as service
+    from app.bus.events import list_events as service
 
     q = parse_query(EventQuery)
     before = _int_cursor(q.cursor)

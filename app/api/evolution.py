@@ -2,7 +2,7 @@
 POST /clm/candidates/{id}/train, plus the search itself and the declared spaces.
 
 Thin: validate (pydantic, 422 naming the field), open the unit of work, call
-`app.evolution.service`, publish only after the transaction committed.
+`app.services.evolution.service`, publish only after the transaction committed.
 """
 
 from __future__ import annotations
@@ -12,17 +12,18 @@ from typing import Annotated, Any, Literal
 from flask import Blueprint, current_app, jsonify
 from pydantic import Field, StrictInt
 
-from app import jobs
 from app.api.pagination import PageQuery, int_cursor, page
 from app.api.problems import ApiProblem
 from app.api.schema import StrictModel, documented, parse_body, parse_query
 from app.api.security import current_actor, require_role
-from app.config import Settings
+from app.bus import evolution_dispatch as dispatch
+from app.core.config import Settings
+from app.core.domain import ModelType, Timeframe
 from app.db import transaction
-from app.domain import ModelType, Timeframe
-from app.evolution import dispatch, service
-from app.evolution.space import SPACES
+from app.ml.evolution.space import SPACES
 from app.models.evolution import CandidateStatus
+from app.services import jobs
+from app.services.evolution import service
 
 bp = Blueprint("evolution", __name__)
 

@@ -1,7 +1,7 @@
 """HTTP adapter for training jobs: POST /clm/train, GET /clm/jobs, GET /clm/jobs/{job_id}.
 
 Thin: validate the body (pydantic, 422 naming the field), open the unit of work, call
-`app.jobs`, and publish the job to the broker only after the transaction committed. A
+`app.services.jobs`, and publish the job to the broker only after the transaction committed. A
 broker that is down does not fail the request: the job is in the database with a
 dispatch deadline and the reaper publishes it.
 
@@ -19,17 +19,17 @@ from typing import Annotated, Any
 from flask import Blueprint, current_app, jsonify
 from pydantic import Field, StrictInt
 
-from app import jobs
+from app.api.metrics import register_db_metrics
 from app.api.pagination import PageQuery, decode_cursor, page
 from app.api.problems import unprocessable
 from app.api.schema import StrictModel, documented, parse_body, parse_query
 from app.api.security import current_actor, require_role
-from app.config import Settings
+from app.core.config import Settings
+from app.core.domain import JobStatus, ModelType, Timeframe, TriggerReason
+from app.core.timeutil import utcnow
 from app.db import transaction
-from app.domain import JobStatus, ModelType, Timeframe, TriggerReason
-from app.metrics import register_db_metrics
 from app.models.jobs import JobKind
-from app.timeutil import utcnow
+from app.services import jobs
 
 bp = Blueprint("jobs", __name__)
 register_db_metrics(jobs.job_metrics)  # GET /metrics: jobs by status, durations
@@ -77,7 +77,7 @@ def _settings() -> Settings:
 )
 @require_role("operator")
 def train() -> Any:
-    from app.triggers import record_direct_request
+    from app.services.triggers import record_direct_request
 
     body = parse_body(TrainBody)
     settings = _settings()
@@ -165,7 +165,7 @@ def get_job(job_id: str) -> Any:
         except jobs.JobNotFound:
             # A strategy search started before jobs had kinds (migration 0005) has no
             # job row: its progress lives with the search.
-            from app.evolution.service import search_job
+            from app.services.evolution.service import search_job
 
             found = search_job(session, job_id)
             if found is None:

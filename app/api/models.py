@@ -2,8 +2,8 @@
 /clm/audit and /clm/status.
 
 Thin: each view validates its input with a pydantic model (`parse_body`/`parse_query`,
-which also feed /openapi.json), opens the unit of work, calls `app.registry` (or
-`app.status`) and returns what it returns. Writes open the transaction with
+which also feed /openapi.json), opens the unit of work, calls `app.services.registry` (or
+`app.services.status`) and returns what it returns. Writes open the transaction with
 `immediate=True` so SQLite serializes them the way PostgreSQL's row locks do.
 """
 
@@ -15,17 +15,17 @@ from typing import Annotated, Any, Literal
 from flask import Blueprint, current_app, g, jsonify
 from pydantic import AfterValidator, ConfigDict, Field, StrictBool, model_validator
 
-from app import registry
 from app.api.pagination import PageQuery, decode_cursor, encode_cursor
 from app.api.problems import unprocessable
 from app.api.schema import QueryModel, StrictModel, documented, parse_body, parse_query
 from app.api.security import current_actor, require_role
-from app.config import Settings
+from app.core.config import Settings
+from app.core.domain import ModelStatus, ModelType, Timeframe, normalize_symbol
+from app.core.errors import NotFound
+from app.core.timeutil import ensure_utc, isoformat, utcnow
 from app.db import transaction
-from app.domain import ModelStatus, ModelType, Timeframe, normalize_symbol
-from app.errors import NotFound
-from app.status import collect_status
-from app.timeutil import ensure_utc, isoformat, utcnow
+from app.services import registry
+from app.services.status import collect_status
 
 bp = Blueprint("models", __name__)
 

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from app.errors import DomainError
+from app.core.errors import DomainError
 
 log = logging.getLogger(__name__)
 

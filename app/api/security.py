@@ -9,9 +9,9 @@ from typing import Any
 from flask import current_app, g, request
 
 from app.api.problems import ApiProblem, refuse_nul_bytes
-from app.auth import TokenInfo, verify_token
 from app.db import retry_if_busy, transaction
 from app.models.registry import Role
+from app.services.auth import TokenInfo, verify_token
 
 
 def current_actor(default: str = "anonymous") -> str:

@@ -1,7 +1,7 @@
 """`clm backtest`: backtest a position file against an OHLCV price file (DESIGN.md model).
 
 Prints the metrics object with its promotion score. Starts fast: it imports only
-numpy/pandas/pyarrow and the pure modules (app.backtest, app.scoring, the
+numpy/pandas/pyarrow and the pure modules (app.ml.backtest, app.ml.scoring, the
 importer) — never Flask, Celery, SQLAlchemy, XGBoost or LightGBM (a test checks).
 Bad input exits with status 2 and `FILE:LINE: reason` on stderr.
 """
@@ -46,9 +46,9 @@ def backtest(
     as_json: bool,
 ) -> None:
     """Backtest POSITIONS against PRICES and print the metrics."""
-    from app.backtest import AlignmentError, align_positions, run_backtest
-    from app.data.importer import DataValidationError, load_ohlcv, load_positions
-    from app.scoring import promotion_score
+    from app.ml.backtest import AlignmentError, align_positions, run_backtest
+    from app.ml.data.importer import DataValidationError, load_ohlcv, load_positions
+    from app.ml.scoring import promotion_score
 
     try:
         price_data = load_ohlcv(prices)  # timeframe inferred, spacing not enforced

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from app.domain import TIMEFRAMES, normalize_symbol
+from app.core.domain import TIMEFRAMES, normalize_symbol
 
 # Files above this size get a progress bar on stderr (small ones finish instantly).
 _PROGRESS_MIN_BYTES = 8 << 20
@@ -41,9 +41,9 @@ def data() -> None:
 @click.option("--timeframe", required=True, type=click.Choice(list(TIMEFRAMES)))
 def import_file(file: Path, symbol: str, timeframe: str) -> None:
     """Validate FILE (CSV, Parquet or Binance kline CSV/zip) and merge it into the store."""
-    from app.config import get_settings
-    from app.data.importer import DataValidationError, format_seconds, load_ohlcv
-    from app.data.store import MarketDataStore, SeriesMismatch
+    from app.core.config import get_settings
+    from app.ml.data.importer import DataValidationError, format_seconds, load_ohlcv
+    from app.ml.data.store import MarketDataStore, SeriesMismatch
 
     if not file.is_file():
         click.echo(f"{file}: no such file", err=True)
@@ -105,8 +105,8 @@ def import_file(file: Path, symbol: str, timeframe: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON only")
 def list_series(as_json: bool) -> None:
     """Coverage of every stored symbol/timeframe."""
-    from app.config import get_settings
-    from app.data.store import MarketDataStore
+    from app.core.config import get_settings
+    from app.ml.data.store import MarketDataStore
 
     store = MarketDataStore(get_settings().data_dir)
     series = store.list()

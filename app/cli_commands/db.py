@@ -10,7 +10,7 @@ import click
 from alembic.util import CommandError
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.config import get_settings
+from app.core.config import get_settings
 
 
 def _redacted(url: str) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 
 import click
 
-from app.config import Settings, get_settings
+from app.core.config import Settings, get_settings
 
 PLANTED, RANDOM = "SYN-PLANTED", "SYN-RANDOM"
 TIMEFRAME = "1h"
@@ -190,8 +190,8 @@ def _health(base: str) -> bool:
 
 # -- the demo ---------------------------------------------------------------------------
 def _import_data(settings: Settings, bars: int, say: Printer) -> None:
-    from app.data.store import MarketDataStore
-    from app.data.synthetic import generate_ohlcv
+    from app.ml.data.store import MarketDataStore
+    from app.ml.data.synthetic import generate_ohlcv
 
     store = MarketDataStore(settings.data_dir)
     for symbol, kind, seed in ((PLANTED, "planted", 101), (RANDOM, "random_walk", 202)):
@@ -336,8 +336,8 @@ def run_demo(bars: int, span_days: int, timeout: float) -> None:
     say = Printer()
     settings = get_settings()
     from app import migrate
-    from app.auth import create_token
     from app.db import transaction
+    from app.services.auth import create_token
 
     say.section("1. Database and market data")
     say(f"database {settings.database_url.split('?')[0]}, broker {settings.broker_url}")

@@ -35,9 +35,9 @@ def consume(queue_name: str | None, max_messages: int | None,
             idle_timeout: float | None) -> None:
     """Consume drift.detected, performance.degraded, training.requested, regime.changed
     and performance.reported events (idempotent by event id)."""
-    from app.config import get_settings
-    from app.events import INBOUND_QUEUE, INBOUND_TYPES, InboundResult
-    from app.events import consume as run_consumer
+    from app.bus.events import INBOUND_QUEUE, INBOUND_TYPES, InboundResult
+    from app.bus.events import consume as run_consumer
+    from app.core.config import get_settings
     from app.migrate import assert_at_head
 
     settings = get_settings()
@@ -133,8 +133,8 @@ class Heartbeat:
 @events.command("relay")
 def relay() -> None:
     """Publish every unpublished outbox event now (beat does this periodically)."""
-    from app.config import get_settings
-    from app.events import relay_outbox
+    from app.bus.events import relay_outbox
+    from app.core.config import get_settings
 
     result = relay_outbox(get_settings())
     click.echo(json.dumps({"published": result.published, "error": result.error}))

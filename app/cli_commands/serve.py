@@ -15,7 +15,7 @@ from typing import Any
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.config import get_settings
+from app.core.config import get_settings
 
 
 def _check_schema() -> None:
@@ -45,7 +45,7 @@ def _gunicorn(options: dict[str, Any]) -> Any:
             # Built in each worker (no preload): engines and pools are never shared
             # across the fork.
             from app import create_app
-            from app.logs import configure_logging
+            from app.core.logs import configure_logging
 
             settings = get_settings()
             configure_logging(settings.log_level, settings.log_json)
@@ -115,11 +115,11 @@ def _mark_metrics_dead(_server: Any, worker: Any) -> None:
 
 
 def _json_logconfig(level: str) -> dict[str, Any]:
-    """gunicorn's loggers through app.logs.JsonFormatter, on stderr (access on stdout)."""
+    """gunicorn's loggers through app.core.logs.JsonFormatter, on stderr (access on stdout)."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "app.logs.JsonFormatter"}},
+        "formatters": {"json": {"()": "app.core.logs.JsonFormatter"}},
         "handlers": {
             "error": {"class": "logging.StreamHandler", "formatter": "json",
                       "stream": "ext://sys.stderr"},

@@ -9,8 +9,8 @@ from __future__ import annotations
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.config import get_settings
-from app.timeutil import isoformat
+from app.core.config import get_settings
+from app.core.timeutil import isoformat
 
 ROLES = ("viewer", "operator", "admin")
 
@@ -37,8 +37,8 @@ def token() -> None:
 @click.option("--name", required=True, help="who or what uses it (1–120 characters)")
 def create(role: str, name: str) -> None:
     """Create a token; the raw value is printed once, alone on the last line."""
-    from app.auth import create_token
     from app.db import transaction
+    from app.services.auth import create_token
 
     if not name.strip() or len(name.strip()) > 120:
         raise click.BadParameter("must be 1–120 characters", param_hint="'--name'")
@@ -53,8 +53,8 @@ def create(role: str, name: str) -> None:
 @click.option("--name", required=True, help="revoke every active token with this name")
 def revoke(name: str) -> None:
     """Revoke the active tokens with this name."""
-    from app.auth import revoke_token
     from app.db import transaction
+    from app.services.auth import revoke_token
 
     url = _database_url()
     with transaction(url) as session:

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from app.domain import TIMEFRAMES, ModelType
+from app.core.domain import TIMEFRAMES, ModelType
 
 
 @click.command()
@@ -36,11 +36,11 @@ def track(model_type: str, symbol: str, timeframe: str, interval_hours: float | 
           degraded_sharpe: float | None, min_trades: int | None, span_days: int | None,
           params_json: str | None) -> None:
     """Track MODEL_TYPE SYMBOL TIMEFRAME with its own interval and thresholds."""
-    from app.config import get_settings
+    from app.core.config import get_settings
+    from app.core.errors import DomainError
+    from app.core.timeutil import utcnow
     from app.db import transaction
-    from app.errors import DomainError
-    from app.timeutil import utcnow
-    from app.triggers import track_model
+    from app.services.triggers import track_model
 
     params = None
     if params_json:
@@ -69,8 +69,8 @@ def track(model_type: str, symbol: str, timeframe: str, interval_hours: float | 
 
 def _check_params(model_type: str, params: dict[str, Any] | None) -> None:
     """Refuse params the trainer would refuse at every retrain (as POST /clm/tracked)."""
-    from app.errors import InvalidInput
-    from app.trainers import InvalidParams, TrainerNotAvailable, get_trainer
+    from app.core.errors import InvalidInput
+    from app.ml.trainers import InvalidParams, TrainerNotAvailable, get_trainer
 
     if not params:
         return
@@ -88,8 +88,8 @@ def _check_params(model_type: str, params: dict[str, Any] | None) -> None:
 @click.argument("model", nargs=-1, required=True)
 def untrack(model: tuple[str, ...]) -> None:
     """Stop tracking MODEL: a model id (xgboost_btcusdt_1h) or MODEL_TYPE SYMBOL TIMEFRAME."""
-    from app.config import get_settings
-    from app.domain import make_model_id
+    from app.core.config import get_settings
+    from app.core.domain import make_model_id
 
     if len(model) == 1:
         model_id = model[0]
@@ -101,10 +101,10 @@ def untrack(model: tuple[str, ...]) -> None:
     else:
         raise click.BadParameter("give a model id, or MODEL_TYPE SYMBOL TIMEFRAME",
                                  param_hint="MODEL")
+    from app.core.errors import DomainError
+    from app.core.timeutil import utcnow
     from app.db import transaction
-    from app.errors import DomainError
-    from app.timeutil import utcnow
-    from app.triggers import untrack_model
+    from app.services.triggers import untrack_model
 
     settings = get_settings()
     try:

@@ -15,8 +15,8 @@ import sys
 
 import click
 
-from app.broker import WORK_QUEUES
-from app.config import get_settings
+from app.bus.broker import WORK_QUEUES
+from app.core.config import get_settings
 
 
 def _queues(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:

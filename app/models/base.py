@@ -9,7 +9,7 @@ from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase
 
-from app.timeutil import ensure_utc
+from app.core.timeutil import ensure_utc
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",

@@ -14,10 +14,10 @@ from typing import Any
 from sqlalchemy import Boolean, Float, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.domain import ModelType, TriggerReason
+from app.core.domain import ModelType, TriggerReason
+from app.core.timeutil import isoformat, utcnow
 from app.models.base import Base, JSONType
 from app.models.registry import str_enum
-from app.timeutil import isoformat, utcnow
 
 
 class TrackingSource(enum.StrEnum):

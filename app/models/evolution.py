@@ -32,9 +32,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.core.timeutil import utcnow
 from app.models.base import Base, JSONType
 from app.models.registry import str_enum
-from app.timeutil import utcnow
 
 
 class SearchStatus(enum.StrEnum):

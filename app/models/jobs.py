@@ -2,13 +2,13 @@
 parallel work items (walk-forward folds, champion folds, the final fit).
 
 The database is the source of truth for a job: the broker only carries its id. Every
-transition is a conditional UPDATE against these rows (see app/jobs.py), so at-least-once
+transition is a conditional UPDATE against these rows (see app/services/jobs.py), so at-least-once
 delivery is safe. The partial unique index `uq_training_jobs_one_active` lets the database
 itself refuse a second queued/running *training* job for the same model_id.
 
 A job has a `kind`: `train` (the pipeline below) or `evolve` (a strategy search started by
-POST /clm/evolve; its state mirrors the search's, written by app.evolution.service through
-app.jobs, and its steps are the search's generations). A search may run while the model
+POST /clm/evolve; its state mirrors the search's, written by app.services.evolution.service through
+app.services.jobs, and its steps are the search's generations). A search may run while the model
 trains, so the one-active index covers `train` jobs only; several searches of one model
 may run at once. Only train jobs have stages, leases and work items that the jobs reaper
 looks after; the evolution reaper owns searches.
@@ -23,10 +23,10 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.domain import JobStatus, ModelType, TriggerReason
+from app.core.domain import JobStatus, ModelType, TriggerReason
+from app.core.timeutil import utcnow
 from app.models.base import Base, JSONType
 from app.models.registry import str_enum
-from app.timeutil import utcnow
 
 # Statuses that make a job "active": at most one train job per model_id (partial unique
 # index).

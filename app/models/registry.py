@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy import Enum, Float, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.domain import ModelStatus, ModelType
+from app.core.domain import ModelStatus, ModelType
+from app.core.timeutil import utcnow
 from app.models.base import Base, JSONType
-from app.timeutil import utcnow
 
 
 def str_enum(enum_cls: type[enum.Enum], name: str) -> Enum:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from app.config import Settings
+from app.core.config import Settings
 
 SYMBOL = "BTCUSDT"
 TIMEFRAME = "1h"
@@ -25,7 +25,7 @@ def hour_floor(value: datetime) -> datetime:
 def seed_market(settings: Settings, frame: pd.DataFrame, symbol: str = SYMBOL,
                 timeframe: str = TIMEFRAME) -> None:
     """Merge `frame` into the market data store of `settings`."""
-    from app.data.store import MarketDataStore
+    from app.ml.data.store import MarketDataStore
 
     MarketDataStore(settings.data_dir).merge(symbol, timeframe, frame)
 
@@ -44,17 +44,17 @@ def make_production(
 ) -> dict[str, Any]:
     """Train `model_type` on `train_frame`, store the model, register and promote it.
 
-    The lineage is what the pipeline writes (app.lineage.build_lineage) plus, with
+    The lineage is what the pipeline writes (app.ml.lineage.build_lineage) plus, with
     `with_reference`, the drift reference and training regimes. Returns the version dict.
     """
-    from app import registry
-    from app.artifacts import ArtifactStore
     from app.db import transaction
-    from app.drift import build_reference, save_reference
-    from app.evaluation import EvaluationConfig, prepare_dataset
-    from app.lineage import build_lineage
-    from app.regime import summarize_regimes
-    from app.trainers import get_trainer, save_model
+    from app.ml.artifacts import ArtifactStore
+    from app.ml.evaluation import EvaluationConfig, prepare_dataset
+    from app.ml.lineage import build_lineage
+    from app.ml.trainers import get_trainer, save_model
+    from app.services import registry
+    from app.services.checks.drift import build_reference, save_reference
+    from app.services.checks.regime import summarize_regimes
 
     store = ArtifactStore(settings.artifact_root)
     cfg = EvaluationConfig.from_settings(settings)

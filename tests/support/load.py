@@ -30,7 +30,7 @@ from typing import Any
 
 import requests
 
-from app.config import Settings
+from app.core.config import Settings
 from tests.support.workers import wait_for
 
 BARS = 800  # 1h bars (~33 days) per symbol: enough rows for 2 walk-forward folds
@@ -45,8 +45,8 @@ def symbols(n: int) -> list[str]:
 
 def seed_symbols(settings: Settings, names: Sequence[str], bars: int = BARS) -> None:
     """A small random-walk series per symbol (different seeds) in the market data store."""
-    from app.data.store import MarketDataStore
-    from app.data.synthetic import generate_ohlcv
+    from app.ml.data.store import MarketDataStore
+    from app.ml.data.synthetic import generate_ohlcv
 
     store = MarketDataStore(settings.data_dir)
     base = generate_ohlcv("random_walk", bars, seed=1)

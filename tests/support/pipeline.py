@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from app.config import Settings
+from app.core.config import Settings
 from tests.support.workers import wait_for
 
 # 3000 1h bars (125 days): the planted series clears the gate's 50-trade minimum out of
@@ -40,8 +40,8 @@ def make_backend(request: Any, make_settings: Callable[..., Settings], name: str
         env.setdefault("CLM_BROKER_URL", request.getfixturevalue("redis_broker_url"))
     settings = make_settings(url, **env)
     from app import create_app
-    from app.auth import create_token
     from app.db import transaction
+    from app.services.auth import create_token
 
     flask_app = create_app(settings)
     flask_app.config["TESTING"] = True
@@ -52,8 +52,8 @@ def make_backend(request: Any, make_settings: Callable[..., Settings], name: str
 
 
 def seed_market(settings: Settings, bars: int = BARS) -> None:
-    from app.data.store import MarketDataStore
-    from app.data.synthetic import generate_ohlcv
+    from app.ml.data.store import MarketDataStore
+    from app.ml.data.synthetic import generate_ohlcv
 
     store = MarketDataStore(settings.data_dir)
     store.merge("PLANTED", "1h", generate_ohlcv("planted", bars, seed=11))
@@ -77,8 +77,9 @@ def run_job_inline(settings: Settings, job_id: str, timeout_s: float = 240) -> d
     executors (what the Celery tasks call), until it finishes. Returns the job."""
     import time
 
-    from app import jobs, pipeline
     from app.db import transaction
+    from app.flows import pipeline
+    from app.services import jobs
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -14,9 +14,9 @@ from sqlalchemy import func, select
 
 def promote_once(url: str, model_id: str, version: str, actor: str) -> tuple[str, Any]:
     """One promotion in its own unit of work: ("ok", result) or ("conflict", detail)."""
-    from app import registry
+    from app.core.errors import Conflict
     from app.db import transaction
-    from app.errors import Conflict
+    from app.services import registry
 
     try:
         with transaction(url, immediate=True) as session:
@@ -56,8 +56,8 @@ class ProductionWatcher(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
+        from app.core.domain import ModelStatus
         from app.db import transaction
-        from app.domain import ModelStatus
         from app.models.registry import ModelVersion
 
         query = select(func.count()).where(

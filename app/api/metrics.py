@@ -1,0 +1,234 @@
+"""Prometheus metrics for GET /metrics.
+
+Two kinds:
+- Fleet facts read from the database at scrape time (jobs by status and trigger, job and
+  step duration histograms, promotions and rollbacks, drift scores) and queue depths from
+  the broker: every API replica reports the same numbers, whichever worker did the work.
+- Per-process HTTP request latency by endpoint, aggregated across gunicorn workers when
+  PROMETHEUS_MULTIPROC_DIR is set (prometheus_client's multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC
+from typing import Any
+
+from flask import Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from app.api.schema import documented
+from app.core.config import Settings
+
+log = logging.getLogger(__name__)
+
+DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+HTTP_LATENCY = Histogram(
+    "clm_http_request_duration_seconds",
+    "HTTP request latency by endpoint, method and status",
+    ["endpoint", "method", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
+# Each provider yields metric families from the database; owners of other tables add theirs
+# with `register_db_metrics` (jobs, drift, ...), so this module need not import them.
+DbMetricsProvider = Callable[[Any, Settings], Iterator[Metric]]
+_db_providers: list[DbMetricsProvider] = []
+
+
+def register_db_metrics(provider: DbMetricsProvider) -> DbMetricsProvider:
+    if provider not in _db_providers:
+        _db_providers.append(provider)
+    return provider
+
+
+def histogram_family(
+    name: str, doc: str, labels: list[str], rows: dict[tuple[str, ...], list[float]]
+) -> HistogramMetricFamily:
+    """Build a histogram family from raw observations grouped by label values."""
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    for label_values, values in rows.items():
+        buckets = []
+        for bound in DURATION_BUCKETS:
+            buckets.append((str(bound), float(sum(1 for v in values if v <= bound))))
+        buckets.append(("+Inf", float(len(values))))
+        family.add_metric(list(label_values), buckets, sum_value=float(sum(values)))
+    return family
+
+
+class FleetCollector(Collector):
+    """Reads fleet-wide facts from the database and the broker at scrape time."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def collect(self) -> Iterator[Metric]:
+        from app.bus.broker import queue_depths
+        from app.db import transaction
+
+        depth = GaugeMetricFamily(
+            "clm_queue_depth", "Messages waiting per work queue", labels=["queue"]
+        )
+        for queue, value in queue_depths(self.settings).items():
+            if value is not None:
+                depth.add_metric([queue], float(value))
+        yield depth
+        try:
+            with transaction(self.settings.database_url) as session:
+                yield from _registry_metrics(session, self.settings)
+                yield from drift_metrics(session, self.settings)
+                for provider in _db_providers:
+                    yield from provider(session, self.settings)
+        except Exception as exc:  # a scrape must still answer while the database is down
+            log.warning("metrics: database not readable: %s", exc)
+            up = GaugeMetricFamily("clm_database_up", "1 when the database answered")
+            up.add_metric([], 0.0)
+            yield up
+            return
+        up = GaugeMetricFamily("clm_database_up", "1 when the database answered")
+        up.add_metric([], 1.0)
+        yield up
+
+
+def _registry_metrics(session: Any, settings: Settings) -> Iterator[Metric]:
+    from sqlalchemy import func, select
+
+    from app.models.registry import AuditEntry, ModelVersion
+
+    versions = GaugeMetricFamily(
+        "clm_model_versions", "Model versions by status", labels=["status"]
+    )
+    for status, count in session.execute(
+        select(ModelVersion.status, func.count()).group_by(ModelVersion.status)
+    ):
+        versions.add_metric([str(status.value if hasattr(status, "value") else status)], count)
+    yield versions
+    counts = dict(
+        session.execute(select(AuditEntry.action, func.count()).group_by(AuditEntry.action)).all()
+    )
+    promotions = CounterMetricFamily("clm_promotions", "Promotions to production (audit log)")
+    promotions.add_metric([], float(sum(n for a, n in counts.items() if "promot" in a)))
+    yield promotions
+    rollbacks = CounterMetricFamily("clm_rollbacks", "Rollbacks (audit log)")
+    rollbacks.add_metric(
+        [], float(sum(n for a, n in counts.items() if "rollback" in a or "rolled" in a))
+    )
+    yield rollbacks
+
+
+def drift_metrics(session: Any, settings: Settings) -> Iterator[Metric]:
+    """Drift scores of the latest check of each model (the drift_reports table).
+
+    - clm_drift_feature_share: share of features whose PSI crossed the threshold (the
+      score compared with CLM_DRIFT_FEATURE_SHARE); clm_drift_max_feature_psi: the worst
+      feature; clm_drift_prediction_psi: the model's output distribution.
+    - clm_drift_detected: 1 when that check called drift.
+    - clm_drift_last_check_timestamp_seconds, and clm_drift_checks by outcome (all time).
+    Models whose last check could not run (status error / insufficient_data) report the
+    timestamp and outcome only.
+    """
+    from sqlalchemy import func, select
+
+    from app.models.continuous import DriftReport
+
+    labels = ["model_id", "version"]
+    share = GaugeMetricFamily(
+        "clm_drift_feature_share", "Share of features drifted (PSI), latest check", labels=labels
+    )
+    max_psi = GaugeMetricFamily(
+        "clm_drift_max_feature_psi", "Largest feature PSI, latest check", labels=labels
+    )
+    prediction_psi = GaugeMetricFamily(
+        "clm_drift_prediction_psi", "PSI of the model's predictions, latest check", labels=labels
+    )
+    detected = GaugeMetricFamily(
+        "clm_drift_detected", "1 when the latest check detected drift", labels=labels
+    )
+    checked = GaugeMetricFamily(
+        "clm_drift_last_check_timestamp_seconds", "When the latest drift check ran",
+        labels=["model_id", "version", "status"],
+    )
+    latest_ids = select(func.max(DriftReport.id)).group_by(DriftReport.model_id)
+    for report in session.scalars(
+        select(DriftReport).where(DriftReport.id.in_(latest_ids.scalar_subquery()))
+    ):
+        key = [report.model_id, report.version]
+        checked_at = report.checked_at
+        if checked_at is not None:
+            if checked_at.tzinfo is None:  # SQLite hands back naive UTC
+                checked_at = checked_at.replace(tzinfo=UTC)
+            checked.add_metric([*key, report.status], checked_at.timestamp())
+        if report.status != "ok":
+            continue
+        share.add_metric(key, float(report.share_drifted or 0.0))
+        feature_psis = [
+            float(f["psi"]) for f in (report.features or {}).get("features", [])
+            if isinstance(f, dict) and isinstance(f.get("psi"), int | float)
+        ]
+        if feature_psis:
+            max_psi.add_metric(key, max(feature_psis))
+        if report.prediction_psi is not None:
+            prediction_psi.add_metric(key, float(report.prediction_psi))
+        detected.add_metric(key, 1.0 if report.drifted else 0.0)
+    yield from (share, max_psi, prediction_psi, detected, checked)
+    outcomes = CounterMetricFamily(
+        "clm_drift_checks", "Drift checks run, by outcome", labels=["status", "drifted"]
+    )
+    for status, drifted, count in session.execute(
+        select(DriftReport.status, DriftReport.drifted, func.count())
+        .group_by(DriftReport.status, DriftReport.drifted)
+    ):
+        outcomes.add_metric([str(status), "true" if drifted else "false"], float(count))
+    yield outcomes
+
+
+def render(settings: Settings) -> bytes:
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry.register(HTTP_LATENCY)
+    registry.register(FleetCollector(settings))
+    return generate_latest(registry)
+
+
+def init_app(app: Flask) -> None:
+    """Time every request; expose GET /metrics (no token, per contract)."""
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.clm_started = time.perf_counter()
+
+    @app.after_request
+    def _observe(response: Response) -> Response:
+        started = g.pop("clm_started", None)
+        if started is not None:
+            endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+            HTTP_LATENCY.labels(endpoint, request.method, str(response.status_code)).observe(
+                time.perf_counter() - started
+            )
+        return response
+
+    @documented("Prometheus metrics (text format)", tag="system")
+    def metrics_view() -> Response:
+        return Response(render(app.config["CLM_SETTINGS"]), mimetype=CONTENT_TYPE_LATEST)
+
+    app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])

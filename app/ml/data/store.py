@@ -1,0 +1,348 @@
+"""Market data store: one Parquet file per (SYMBOL, timeframe) under a root folder.
+
+Owns the on-disk layout `root/SYMBOL/<timeframe>.parquet`, reads (pyarrow with
+timestamp filters, no CSV re-parsing) and merges. A merge is read-modify-write of
+the whole file, so it is serialized across processes with an fcntl lock on
+`root/SYMBOL/.<timeframe>.lock` and published atomically (temp file + fsync +
+os.replace): readers never lock and always see a complete old or new file, and two
+concurrent imports never lose rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from app.core.domain import TIMEFRAMES, normalize_symbol, timeframe_seconds
+from app.ml.data.importer import OHLCV_COLUMNS, Gap, find_gaps, format_seconds, frame_from_arrays
+
+__all__ = ["Coverage", "DataNotFound", "MarketDataStore", "MergeReport", "SeriesMismatch"]
+
+_SCHEMA = pa.schema(
+    [("timestamp", pa.timestamp("ns", tz="UTC"))] + [(c, pa.float64()) for c in OHLCV_COLUMNS]
+)
+
+
+class DataNotFound(LookupError):
+    """No stored data for a symbol/timeframe (or none in the requested window)."""
+
+
+class SeriesMismatch(ValueError):
+    """Incoming bars do not fit the stored series (another bar grid); nothing was written.
+    `row` is the first offending row of the incoming frame."""
+
+    def __init__(self, row: int, reason: str) -> None:
+        self.row = row
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    symbol: str
+    timeframe: str
+    first: pd.Timestamp
+    last: pd.Timestamp
+    rows: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "symbol": self.symbol,
+            "timeframe": self.timeframe,
+            "first": self.first.isoformat().replace("+00:00", "Z"),
+            "last": self.last.isoformat().replace("+00:00", "Z"),
+            "rows": self.rows,
+        }
+
+
+@dataclass
+class MergeReport:
+    """What a merge did. `overlapping` incoming rows replaced stored ones (`changed` of
+    them with different values); `added` rows are new. Gaps are those of the stored
+    series after the merge (first 1000 listed; `missing_bars` counts all)."""
+
+    symbol: str
+    timeframe: str
+    incoming: int
+    added: int
+    overlapping: int
+    changed: int
+    rows_before: int
+    rows_after: int
+    first: pd.Timestamp
+    last: pd.Timestamp
+    gaps: list[Gap] = field(default_factory=list)
+    missing_bars: int = 0
+
+
+class MarketDataStore:
+    """Parquet-per-series market data store rooted at `root` (created on first write)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    # ----------------------------------------------------------------- paths
+
+    def path_for(self, symbol: str, timeframe: str) -> Path:
+        """Where a series lives (validates symbol and timeframe)."""
+        sym = normalize_symbol(symbol)
+        timeframe_seconds(timeframe)
+        return self.root / sym / f"{timeframe}.parquet"
+
+    @contextlib.contextmanager
+    def _locked(self, symbol: str, timeframe: str) -> Iterator[Path]:
+        path = self.path_for(symbol, timeframe)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The lock file is never deleted: unlinking it would let two processes hold
+        # locks on different inodes of "the same" file.
+        lock_path = path.parent / f".{timeframe}.lock"
+        with open(lock_path, "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield path
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    # ----------------------------------------------------------------- reads
+
+    def read(
+        self,
+        symbol: str,
+        timeframe: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> pd.DataFrame:
+        """Bars with start <= timestamp <= end (both inclusive, either optional).
+
+        Naive datetimes are taken as UTC. Raises DataNotFound when the series does
+        not exist or the window holds no bar.
+        """
+        path = self.path_for(symbol, timeframe)
+        if not path.exists():
+            raise DataNotFound(
+                f"no market data for {normalize_symbol(symbol)} {timeframe} in {self.root} "
+                f"(import some with `clm data import FILE --symbol {symbol} "
+                f"--timeframe {timeframe}`)"
+            )
+        filters = []
+        lo = _utc(start) if start is not None else None
+        hi = _utc(end) if end is not None else None
+        if lo is not None:
+            filters.append(("timestamp", ">=", lo))
+        if hi is not None:
+            filters.append(("timestamp", "<=", hi))
+        table = pq.read_table(path, filters=filters or None, schema=_SCHEMA)
+        if table.num_rows == 0:
+            raise DataNotFound(
+                f"no {normalize_symbol(symbol)} {timeframe} bars between "
+                f"{lo.isoformat() if lo is not None else 'the start'} and "
+                f"{hi.isoformat() if hi is not None else 'the end'}"
+            )
+        return _table_to_frame(table)
+
+    def coverage(self, symbol: str, timeframe: str) -> Coverage | None:
+        """First/last timestamp and row count from Parquet metadata (no data read)."""
+        path = self.path_for(symbol, timeframe)
+        if not path.exists():
+            return None
+        return self._coverage_of(path, normalize_symbol(symbol), timeframe)
+
+    def list(self) -> list[Coverage]:
+        """Coverage of every stored series, sorted by symbol then timeframe length."""
+        out: list[Coverage] = []
+        if not self.root.is_dir():
+            return out
+        order = {tf: i for i, tf in enumerate(TIMEFRAMES)}
+        for sym_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            for file in sym_dir.glob("*.parquet"):
+                if file.stem not in TIMEFRAMES:
+                    continue
+                cov = self._coverage_of(file, sym_dir.name, file.stem)
+                if cov is not None:
+                    out.append(cov)
+        out.sort(key=lambda c: (c.symbol, order[c.timeframe]))
+        return out
+
+    def gap_counts(self, symbol: str, timeframe: str) -> tuple[int, int]:
+        """(gaps, missing bars) of a stored series, reading only the timestamp column;
+        (0, 0) when absent."""
+        path = self.path_for(symbol, timeframe)
+        if not path.exists():
+            return 0, 0
+        ts = pq.read_table(path, columns=["timestamp"]).column("timestamp")
+        spacing = np.diff(ts.cast(pa.int64()).to_numpy())
+        bar = timeframe_seconds(timeframe) * 1_000_000_000
+        over = spacing[spacing > bar]
+        return int(over.size), int((over // bar - 1).sum())
+
+    @staticmethod
+    def _coverage_of(path: Path, symbol: str, timeframe: str) -> Coverage | None:
+        meta = pq.ParquetFile(path).metadata
+        if meta.num_rows == 0:
+            return None
+        ts_idx = meta.schema.to_arrow_schema().get_field_index("timestamp")
+        first = last = None
+        for rg in range(meta.num_row_groups):
+            stats = meta.row_group(rg).column(ts_idx).statistics
+            if stats is None or not stats.has_min_max:
+                first = last = None
+                break
+            lo, hi = pd.Timestamp(stats.min), pd.Timestamp(stats.max)
+            first = lo if first is None else min(first, lo)
+            last = hi if last is None else max(last, hi)
+        if first is None or last is None:  # no statistics: read just that column
+            ts = pq.read_table(path, columns=["timestamp"]).column("timestamp")
+            first, last = pd.Timestamp(ts[0].as_py()), pd.Timestamp(ts[-1].as_py())
+        return Coverage(symbol, timeframe, _as_utc(first), _as_utc(last), int(meta.num_rows))
+
+    # ----------------------------------------------------------------- writes
+
+    def merge(self, symbol: str, timeframe: str, frame: pd.DataFrame) -> MergeReport:
+        """Merge `frame` into the stored series; incoming rows win on overlap.
+
+        `frame` must have the canonical shape (UTC DatetimeIndex named `timestamp`,
+        strictly increasing, float64 open/high/low/close/volume).
+        """
+        sym = normalize_symbol(symbol)
+        new_ts, new_vals = _check_frame(frame)
+        with self._locked(sym, timeframe) as path:
+            old_ts = np.empty(0, dtype=np.int64)
+            old_vals = np.empty((0, len(OHLCV_COLUMNS)))
+            if path.exists():
+                old = pq.read_table(path, schema=_SCHEMA)
+                if old.num_rows:
+                    old_ts = old.column("timestamp").cast(pa.int64()).to_numpy()
+                    old_vals = np.column_stack([old.column(c).to_numpy() for c in OHLCV_COLUMNS])
+            if len(old_ts):
+                _check_same_grid(sym, timeframe, old_ts[0], new_ts)
+            # Both sides are sorted and unique: searchsorted finds the overlap.
+            pos = np.searchsorted(old_ts, new_ts)
+            overlap = np.zeros(len(new_ts), dtype=bool)
+            if len(old_ts):
+                inside = pos < len(old_ts)
+                overlap[inside] = old_ts[pos[inside]] == new_ts[inside]
+            n_overlap = int(overlap.sum())
+            changed = 0
+            if n_overlap:
+                before = old_vals[pos[overlap]]
+                after = new_vals[overlap]
+                # NaN never occurs (validated), so plain inequality is exact
+                changed = int(np.any(before != after, axis=1).sum())
+            keep_old = np.ones(len(old_ts), dtype=bool)
+            keep_old[pos[overlap]] = False
+            ts = np.concatenate([old_ts[keep_old], new_ts])
+            vals = np.concatenate([old_vals[keep_old], new_vals])
+            order = np.argsort(ts, kind="stable")
+            ts, vals = ts[order], vals[order]
+            self._write(path, ts, vals)
+        merged_index = pd.DatetimeIndex(ts.view("datetime64[ns]")).tz_localize("UTC")
+        gaps, missing = find_gaps(merged_index, timeframe)
+        return MergeReport(
+            symbol=sym,
+            timeframe=timeframe,
+            incoming=len(new_ts),
+            added=len(new_ts) - n_overlap,
+            overlapping=n_overlap,
+            changed=changed,
+            rows_before=len(old_ts),
+            rows_after=len(ts),
+            first=merged_index[0],
+            last=merged_index[-1],
+            gaps=gaps,
+            missing_bars=missing,
+        )
+
+    @staticmethod
+    def _write(path: Path, ts: np.ndarray, vals: np.ndarray) -> None:
+        ts_array = pa.array(ts.view("datetime64[ns]"), type=pa.timestamp("ns"))
+        arrays = [ts_array.cast(_SCHEMA.field("timestamp").type)]
+        arrays += [pa.array(np.ascontiguousarray(vals[:, i])) for i in range(vals.shape[1])]
+        table = pa.Table.from_arrays(arrays, schema=_SCHEMA)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                pq.write_table(table, fh, compression="zstd", row_group_size=1 << 20)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _check_same_grid(symbol: str, timeframe: str, stored_first: int, new_ts: np.ndarray) -> None:
+    """Every bar of a series starts a whole number of bars from the first stored one:
+    1h bars at :30 merged into bars at :00 would interleave into a 30m series."""
+    bar = timeframe_seconds(timeframe) * 1_000_000_000
+    off = (new_ts - stored_first) % bar
+    bad = np.flatnonzero(off)
+    if bad.size:
+        j = int(bad[0])
+        stored_at = pd.Timestamp(int(stored_first), unit="ns", tz="UTC")
+        raise SeriesMismatch(
+            j,
+            f"bar {_iso(new_ts[j])} is {format_seconds(int(off[j]) / 1e9)} off the stored "
+            f"{symbol} {timeframe} grid (stored bars start at {_iso(stored_at.value)} and "
+            f"every {timeframe}); the two would interleave. Import it under another "
+            "symbol or timeframe, or shift its timestamps",
+        )
+
+
+def _iso(ns: int | np.integer) -> str:
+    return pd.Timestamp(int(ns), unit="ns", tz="UTC").isoformat().replace("+00:00", "Z")
+
+
+def _check_frame(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical-shape check at the store boundary; returns (int64 ns, float64 [n, 5])."""
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"expected a DataFrame, got {type(frame).__name__}")
+    idx = frame.index
+    if not isinstance(idx, pd.DatetimeIndex) or idx.tz is None:
+        raise ValueError("frame index must be a timezone-aware DatetimeIndex (UTC)")
+    missing = [c for c in OHLCV_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"frame is missing column(s): {', '.join(missing)}")
+    if len(frame) == 0:
+        raise ValueError("frame has no rows")
+    ts = idx.tz_convert("UTC").as_unit("ns").asi8
+    steps = np.diff(ts)
+    if len(steps) and not (steps > 0).all():
+        i = int(np.argmax(steps <= 0)) + 1
+        raise ValueError(f"frame index not strictly increasing at row {i} ({idx[i]})")
+    vals = np.column_stack([frame[c].to_numpy(dtype=np.float64) for c in OHLCV_COLUMNS])
+    if not np.isfinite(vals).all():
+        i = int(np.argmax(~np.isfinite(vals).all(axis=1)))
+        raise ValueError(f"frame has a NaN/inf value at row {i} ({idx[i]})")
+    return ts, vals
+
+
+def _table_to_frame(table: pa.Table) -> pd.DataFrame:
+    ts = table.column("timestamp").cast(pa.int64()).to_numpy()
+    return frame_from_arrays(ts, {c: table.column(c).to_numpy() for c in OHLCV_COLUMNS})
+
+
+def _utc(value: datetime) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _as_utc(ts: pd.Timestamp) -> pd.Timestamp:
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")

@@ -1,0 +1,61 @@
+"""What `GET /clm/status` reports: one dict collected from every service's counters.
+
+Owns `collect_status`. Each section comes from a small function here so the owners of
+other modules extend their own section (jobs, scheduler) without touching the others:
+replace `job_counts` / `scheduler_state` when the jobs table and the scheduler exist.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import distinct, func, select
+from sqlalchemy.orm import Session
+
+from app import __version__
+from app.bus.broker import queue_depths
+from app.core.config import Settings
+from app.core.domain import ModelStatus
+from app.core.timeutil import isoformat, utcnow
+from app.models.registry import ModelVersion
+from app.services import registry
+
+
+def collect_status(session: Session, settings: Settings) -> dict[str, Any]:
+    """The service's state: versions and jobs by status, queue depths, scheduler."""
+    return {
+        "version": __version__,
+        "generated_at": isoformat(utcnow()),
+        "models": model_counts(session),
+        "versions": registry.status_counts(session),
+        "jobs": job_counts(session),
+        "queues": queue_depths(settings),
+        "scheduler": scheduler_state(session, settings),
+    }
+
+
+def model_counts(session: Session) -> dict[str, int]:
+    """How many model_ids have versions, and how many of them have a production one."""
+    total, in_production = session.execute(
+        select(
+            func.count(distinct(ModelVersion.model_id)),
+            func.count(distinct(ModelVersion.model_id)).filter(
+                ModelVersion.status == ModelStatus.PRODUCTION
+            ),
+        )
+    ).one()
+    return {"total": int(total), "with_production": int(in_production)}
+
+
+def job_counts(session: Session) -> dict[str, int]:
+    """Training jobs by status (every status present, zeros included)."""
+    from app.services import jobs
+
+    return jobs.job_counts(session)
+
+
+def scheduler_state(session: Session, settings: Settings) -> dict[str, Any] | None:
+    """The trigger scheduler's state (app.services.triggers.scheduler_state)."""
+    from app.services.triggers import scheduler_state as triggers_state
+
+    return triggers_state(session, settings)

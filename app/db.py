@@ -96,9 +96,67 @@ def session_factory(url: str | None = None) -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(url), expire_on_commit=False, autoflush=True)
 
 
+_ON_COMMIT_KEY = "clm_on_commit"
+
+
+def on_commit(session: Session, fn: Callable[[], Any], *, key: Any = None) -> None:
+    """Run `fn()` after the transaction of `session` commits (the one way CLM acts after
+    a commit: publishing task messages, kicking the outbox relay).
+
+    Callbacks are kept on the session and run in order by `transaction()` once it
+    committed; a rollback drops them, and so does the rollback of a savepoint they were
+    registered in. `key` registers a callback at most once per transaction (one relay
+    kick however many events were emitted). A failing callback is logged, never raised:
+    the database already holds the truth and the reapers publish again whatever a
+    callback could not.
+    """
+    pending: list[tuple[Any, Any, Callable[[], Any]]] = session.info.setdefault(
+        _ON_COMMIT_KEY, [])
+    if key is not None and any(k == key for k, _, _ in pending):
+        return
+    pending.append((key, session.get_nested_transaction(), fn))
+
+
+def run_on_commit(session: Session) -> None:
+    """Run (and clear) the callbacks registered on `session`; `transaction()` calls this
+    after its commit. Code that commits a session itself must call it after commit."""
+    pending = session.info.pop(_ON_COMMIT_KEY, [])
+    for _key, _savepoint, fn in pending:
+        try:
+            fn()
+        except Exception:  # the database is the truth; reapers publish again
+            log.warning("after-commit callback %r failed", fn, exc_info=True)
+
+
+def drop_on_commit(session: Session) -> None:
+    """Forget the registered callbacks (the transaction rolled back)."""
+    session.info.pop(_ON_COMMIT_KEY, None)
+
+
+def _within(tx: Any, ancestor: Any) -> bool:
+    while tx is not None:
+        if tx is ancestor:
+            return True
+        tx = tx.parent
+    return False
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_rolled_back(session: Session, previous_transaction: Any) -> None:
+    # A savepoint rolled back: what was registered inside it never happened.
+    pending = session.info.get(_ON_COMMIT_KEY)
+    if pending:
+        if not previous_transaction.nested:
+            session.info.pop(_ON_COMMIT_KEY, None)
+            return
+        pending[:] = [p for p in pending
+                      if p[1] is None or not _within(p[1], previous_transaction)]
+
+
 @contextmanager
 def transaction(url: str | None = None, *, immediate: bool = False) -> Iterator[Session]:
-    """The unit of work: commit on success, roll back on error, always close.
+    """The unit of work: commit on success, roll back on error, always close; after the
+    commit, run what was registered with `on_commit` (dropped on rollback).
 
     `immediate=True` takes SQLite's write lock at BEGIN, so read-then-write sequences
     (promote, claim a job) serialize across processes; on PostgreSQL, services lock the
@@ -112,10 +170,12 @@ def transaction(url: str | None = None, *, immediate: bool = False) -> Iterator[
         yield session
         session.commit()
     except BaseException:
+        drop_on_commit(session)
         session.rollback()
         raise
     finally:
         session.close()
+    run_on_commit(session)
 
 
 def is_sqlite_busy(exc: BaseException) -> bool:

@@ -43,10 +43,10 @@ def _node(name: str | None, node: str | None, default: str) -> str:
 
 def ping_node(node: str, timeout: float) -> tuple[bool, str]:
     """Remote-control ping of one Celery node (a worker, or beat) through the broker."""
-    from workers.celery_app import app
+    from app.bus.producer import producer_app
 
     try:
-        replies = app.control.ping(destination=[node], timeout=timeout)
+        replies = producer_app().control.ping(destination=[node], timeout=timeout)
     except Exception as exc:  # broker unreachable
         return False, f"{node}: broker error {type(exc).__name__}: {exc}"
     for reply in replies:

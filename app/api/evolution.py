@@ -18,7 +18,7 @@ from app.api.schema import StrictModel, documented, parse_body, parse_query
 from app.api.security import current_actor, require_role
 from app.bus import evolution_dispatch as dispatch
 from app.core.config import Settings
-from app.core.domain import ModelType, Timeframe
+from app.core.domain import REGIME_PATTERN, ModelType, Timeframe
 from app.db import transaction
 from app.ml.evolution.space import SPACES
 from app.models.evolution import CandidateStatus
@@ -28,7 +28,7 @@ from app.services.evolution import service
 bp = Blueprint("evolution", __name__)
 
 ObjectiveName = Literal["sharpe", "max_drawdown", "profit_factor", "turnover"]
-Regime = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,39}$")]
+Regime = Annotated[str, Field(pattern=REGIME_PATTERN)]
 
 
 class Constraints(StrictModel):

@@ -25,7 +25,7 @@ from app.api.problems import unprocessable
 from app.api.schema import StrictModel, documented, parse_body, parse_query
 from app.api.security import current_actor, require_role
 from app.core.config import Settings
-from app.core.domain import JobStatus, ModelType, Timeframe, TriggerReason
+from app.core.domain import REGIME_PATTERN, JobStatus, ModelType, Timeframe, TriggerReason
 from app.core.timeutil import utcnow
 from app.db import transaction
 from app.models.jobs import JobKind
@@ -34,7 +34,7 @@ from app.services import jobs
 bp = Blueprint("jobs", __name__)
 register_db_metrics(jobs.job_metrics)  # GET /metrics: jobs by status, durations
 
-Regime = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,39}$")]
+Regime = Annotated[str, Field(pattern=REGIME_PATTERN)]
 
 
 class TrainBody(StrictModel):

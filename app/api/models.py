@@ -20,7 +20,7 @@ from app.api.problems import unprocessable
 from app.api.schema import QueryModel, StrictModel, documented, parse_body, parse_query
 from app.api.security import current_actor, require_role
 from app.core.config import Settings
-from app.core.domain import ModelStatus, ModelType, Timeframe, normalize_symbol
+from app.core.domain import REGIME_PATTERN, ModelStatus, ModelType, Timeframe, normalize_symbol
 from app.core.errors import NotFound
 from app.core.timeutil import ensure_utc, isoformat, utcnow
 from app.db import transaction
@@ -57,7 +57,7 @@ ModelId = Annotated[str, Field(max_length=120), AfterValidator(_model_id)]
 Version = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 TagName = Annotated[Text, Field(min_length=1, max_length=64)]
 TagValue = Annotated[Text, Field(max_length=500)]
-Regime = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,39}$")]
+Regime = Annotated[str, Field(pattern=REGIME_PATTERN)]
 
 
 class ArtifactBody(registry.Artifact):

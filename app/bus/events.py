@@ -34,14 +34,21 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
-from sqlalchemy import event as sa_event
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
-from app.core.domain import TIMEFRAMES, ModelType, Timeframe, TriggerReason, make_model_id
+from app.core.domain import (
+    REGIME_PATTERN,
+    TIMEFRAMES,
+    ModelType,
+    Timeframe,
+    TriggerReason,
+    make_model_id,
+)
 from app.core.timeutil import ensure_utc, utcnow
+from app.db import on_commit
 from app.models.continuous import DeadLetter, InboxEvent, OutboxEvent
 
 log = logging.getLogger(__name__)
@@ -152,68 +159,35 @@ def _json_default(value: Any) -> Any:
 
 
 # After-commit relay kick. Best effort: the beat relay is the guarantee.
-_kicker: Callable[[], None] | None = None
+RELAY_TASK = "clm.events.relay"
 _KICK_KEY = "clm_outbox_kick"
-
-
-_celery_apps: dict[tuple[str, str | None, str], Any] = {}
-
-
-def _celery_producer(settings: Settings) -> Any:
-    # One per broker configuration (tests switch brokers); the task is sent by name, so
-    # this process never imports the task modules.
-    key = (settings.broker_url, settings.result_backend, str(settings.var_dir))
-    if key not in _celery_apps:
-        from workers.celery_app import create_celery_app
-
-        _celery_apps[key] = create_celery_app(settings)
-    return _celery_apps[key]
+_kicker: Callable[[], None] | None = None
+_kick_configured = False
 
 
 def _celery_kick() -> None:
-    from app.core.config import get_settings
+    from app.bus.producer import TaskMessage, send
 
-    _celery_producer(get_settings()).send_task(RELAY_TASK, queue="default",
-                                               routing_key="default", retry=False)
-
-
-RELAY_TASK = "clm.events.relay"
+    send([TaskMessage(RELAY_TASK, "default")], retry=False)
 
 
 def set_relay_kicker(kicker: Callable[[], None] | None) -> None:
-    """Replace what runs after a commit that emitted events (None: nothing)."""
+    """Replace what runs after a commit that emitted events (None: nothing; tests that
+    relay by hand use it so no relay task is published to a broker nobody consumes)."""
     global _kicker, _kick_configured
     _kicker = kicker
     _kick_configured = True
 
 
-_kick_configured = False
+def _kick() -> None:
+    kicker = _kicker if _kick_configured else _celery_kick
+    if kicker is not None:
+        kicker()
 
 
 def _arm_kick(session: Session) -> None:
-    session.info[_KICK_KEY] = True
-
-
-@sa_event.listens_for(Session, "after_rollback")
-def _after_rollback(session: Session) -> None:
-    # Savepoint rollbacks fire this too; only the outermost one discards the events.
-    if not session.in_transaction():
-        session.info.pop(_KICK_KEY, None)
-
-
-@sa_event.listens_for(Session, "after_commit")
-def _after_commit(session: Session) -> None:
-    # One class-level listener (cheap flag check) rather than per-session listeners:
-    # listeners must not be added or removed while SQLAlchemy dispatches them.
-    if not session.info.pop(_KICK_KEY, False):
-        return
-    kicker = _kicker if _kick_configured else _celery_kick
-    if kicker is None:
-        return
-    try:
-        kicker()
-    except Exception as exc:  # the beat relay publishes it anyway
-        log.warning("could not kick the outbox relay (%s); beat will relay", exc)
+    # Once per transaction, however many events it emitted; dropped on rollback.
+    on_commit(session, _kick, key=_KICK_KEY)
 
 
 # -- publishing -------------------------------------------------------------------------
@@ -448,7 +422,7 @@ class TrainingRequested(_Strict):
     dataset_span_days: StrictInt = Field(ge=1, le=3650)
     params: dict[str, Any] = Field(default_factory=dict)
     trigger_reason: TriggerReason = TriggerReason.MANUAL
-    regime: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_.-]{0,39}$")
+    regime: str | None = Field(None, pattern=REGIME_PATTERN)
     strategy: dict[str, Any] | None = None
 
 

@@ -8,14 +8,10 @@ not raised: the search state is in the database and the reaper publishes again.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
 
-from app.core.config import Settings, get_settings
-
-log = logging.getLogger(__name__)
+from app.bus.producer import TaskMessage, send
+from app.core.config import Settings
 
 ADVANCE_TASK = "clm.evolution.advance_search"
 EVALUATE_TASK = "clm.evolution.evaluate_trial"
@@ -24,11 +20,7 @@ ADVANCE_QUEUE = "default"
 EVALUATE_QUEUE = "evaluate"
 
 
-@dataclass(frozen=True)
-class EvolutionDispatch:
-    task: str
-    queue: str
-    args: tuple[Any, ...]
+EvolutionDispatch = TaskMessage
 
 
 def advance(search_id: str) -> EvolutionDispatch:
@@ -39,34 +31,6 @@ def evaluate(candidate_id: int) -> EvolutionDispatch:
     return EvolutionDispatch(EVALUATE_TASK, EVALUATE_QUEUE, (int(candidate_id),))
 
 
-_producers: dict[tuple[str, str | None], Any] = {}
-
-
-def _producer(settings: Settings) -> Any:
-    # One Celery app per broker (tests switch brokers); tasks are sent by name. Keyed by
-    # URL: Settings holds dicts, so it cannot be an lru_cache key.
-    key = (settings.broker_url, str(settings.var_dir))
-    app = _producers.get(key)
-    if app is None:
-        from workers.celery_app import create_celery_app
-
-        app = _producers[key] = create_celery_app(settings)
-    return app
-
-
 def publish(dispatches: Iterable[EvolutionDispatch], settings: Settings | None = None) -> int:
-    """Send each dispatch; returns how many were published."""
-    settings = settings or get_settings()
-    sent = 0
-    for d in dispatches:
-        try:
-            _producer(settings).send_task(
-                d.task, args=list(d.args), queue=d.queue, routing_key=d.queue, retry=True,
-                retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.5,
-                              "interval_max": 1.0},
-            )
-            sent += 1
-        except Exception as exc:  # the reaper republishes from the database
-            log.warning("could not publish %s%s (%s: %s); the reaper will publish it again",
-                        d.task, d.args, type(exc).__name__, exc)
-    return sent
+    """Send each dispatch (after the commit); returns how many were published."""
+    return send(dispatches, settings)

@@ -11,14 +11,20 @@ import enum
 import re
 
 __all__ = [
+    "MODEL_ID_RE",
+    "REGIME_PATTERN",
+    "REGIME_RE",
     "TIMEFRAMES",
     "JobStatus",
     "ModelStatus",
     "ModelType",
     "Timeframe",
     "TriggerReason",
+    "is_model_id",
+    "is_regime",
     "make_model_id",
     "normalize_symbol",
+    "split_model_id",
     "timeframe_seconds",
 ]
 
@@ -115,3 +121,35 @@ def make_model_id(model_type: str, symbol: str, timeframe: str) -> str:
     mt = ModelType(str(model_type)).value
     timeframe_seconds(timeframe)
     return f"{mt}_{normalize_symbol(symbol).lower()}_{timeframe}"
+
+
+# The one model-id rule: `{model_type}_{symbol}_{timeframe}` (types longest first, so
+# `rl_v2_...` is not read as type `rl`).
+MODEL_ID_RE = re.compile(
+    "^(?P<type>{types})_(?P<symbol>[a-z0-9._-]{{1,30}})_(?P<tf>{tfs})$".format(
+        types="|".join(sorted((t.value for t in ModelType), key=len, reverse=True)),
+        tfs="|".join(re.escape(tf) for tf in TIMEFRAMES),
+    )
+)
+
+# The one regime-label rule (registry tags, jobs, events, API bodies and queries).
+REGIME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,39}$"
+REGIME_RE = re.compile(REGIME_PATTERN)
+
+
+def is_model_id(model_id: object) -> bool:
+    """True when `model_id` has the contract's shape `{model_type}_{symbol}_{timeframe}`."""
+    return isinstance(model_id, str) and MODEL_ID_RE.fullmatch(model_id) is not None
+
+
+def split_model_id(model_id: object) -> tuple[str, str, str] | None:
+    """(model_type, SYMBOL, timeframe) of a contract model id, None when it cannot be one."""
+    m = MODEL_ID_RE.fullmatch(model_id) if isinstance(model_id, str) else None
+    if m is None:
+        return None
+    return m.group("type"), m.group("symbol").upper(), m.group("tf")
+
+
+def is_regime(value: object) -> bool:
+    """True when `value` (case and surrounding blanks aside) is a valid regime label."""
+    return isinstance(value, str) and REGIME_RE.fullmatch(value.strip().lower()) is not None

@@ -33,12 +33,10 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import and_, case, func, or_, select, update
@@ -46,11 +44,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.bus.events import job_event  # outbox: events commit with the change (app/bus/events.py)
+from app.bus.producer import TaskMessage, send
 from app.core.config import Settings, get_settings
 from app.core.domain import (
     JobStatus,
     ModelType,
     TriggerReason,
+    is_regime,
     make_model_id,
     normalize_symbol,
     timeframe_seconds,
@@ -103,7 +103,6 @@ REAP_TASK = "clm.jobs.reap"
 # so a job waiting behind a long queue is not flooded with duplicates.
 _MAX_DISPATCH_BACKOFF_EXP = 5
 MAX_SPAN_DAYS = 36_500
-_REGIME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,39}$")  # the registry's rule
 
 
 # -- errors -----------------------------------------------------------------------------
@@ -252,7 +251,7 @@ def validate_training_request(
             "trigger_reason", f"unknown trigger reason {trigger_reason!r}; allowed: {allowed}"
         ) from None
     if regime is not None:
-        if not isinstance(regime, str) or not _REGIME_RE.fullmatch(regime.strip().lower()):
+        if not is_regime(regime):
             raise InvalidInput("regime", "1-40 characters of a-z, 0-9, '_', '.', '-'")
         regime = regime.strip().lower()
     try:
@@ -1273,37 +1272,13 @@ def _reset_running_steps(session: Session, job_id: str) -> None:
 
 
 # -- publishing -------------------------------------------------------------------------
-@lru_cache(maxsize=8)
-def _producer(settings: Settings) -> Any:
-    # One per configuration (tests switch brokers); tasks are sent by name, so this
-    # process never imports the task modules or the ML stack.
-    from workers.celery_app import create_celery_app
-
-    return create_celery_app(settings)
-
-
 def enqueue(dispatches: Iterable[Dispatch], settings: Settings | None = None) -> int:
     """Publish `dispatches` (call after commit). Returns how many were published.
 
     A broker that is down is logged, not raised: the work stays in the database with a
     dispatch deadline, and the reaper publishes it again — the job is never lost.
     """
-    settings = settings or get_settings()
-    sent = 0
-    for d in dispatches:
-        try:
-            _producer(settings).send_task(
-                d.task, args=d.args, queue=d.queue, routing_key=d.queue,
-                retry=True,
-                retry_policy={"max_retries": 2, "interval_start": 0.1,
-                              "interval_step": 0.5, "interval_max": 1.0},
-            )
-            sent += 1
-        except Exception as exc:  # broker down: the reaper republishes at the deadline
-            _jlog(d.job_id, task=d.task).warning(
-                "could not publish %s (%s: %s); the reaper will publish it again",
-                d.task, type(exc).__name__, exc)
-    return sent
+    return send([TaskMessage(d.task, d.queue, tuple(d.args)) for d in dispatches], settings)
 
 
 def pending_dispatches(session: Session, job_id: str) -> list[Dispatch]:

@@ -47,7 +47,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.bus.events import version_event  # outbox: events commit with the change
-from app.core.domain import TIMEFRAMES, ModelStatus, ModelType, make_model_id, normalize_symbol
+from app.core.domain import (
+    TIMEFRAMES,
+    ModelStatus,
+    ModelType,
+    is_model_id,
+    is_regime,
+    make_model_id,
+    normalize_symbol,
+)
 from app.core.errors import Conflict, InvalidInput, NotFound
 from app.core.timeutil import ensure_utc, isoformat, utcnow
 from app.ml.scoring import promotion_score
@@ -104,13 +112,6 @@ _VERSION_RE = re.compile(r"^v(\d{8}_\d{6})_(\d{3,})$")
 _VERSION_ATTEMPTS = 20
 # What a path segment naming a version may look like (anything else cannot exist).
 _VERSION_TOKEN_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_MODEL_ID_RE = re.compile(
-    "^(?:{types})_[a-z0-9._-]{{1,30}}_(?:{tfs})$".format(
-        types="|".join(sorted((t.value for t in ModelType), key=len, reverse=True)),
-        tfs="|".join(TIMEFRAMES),
-    )
-)
-_REGIME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,39}$")
 _MAX_TAGS = 50
 _MAX_JSON_DEPTH = 32
 _MAX_NOTES = 10_000
@@ -278,11 +279,6 @@ def _status(value: Any, field: str = "status") -> ModelStatus:
     except ValueError:
         allowed = ", ".join(s.value for s in ModelStatus)
         raise InvalidInput(field, f"must be one of {allowed}") from None
-
-
-def is_model_id(model_id: Any) -> bool:
-    """True when `model_id` has the contract's shape `{model_type}_{symbol}_{timeframe}`."""
-    return isinstance(model_id, str) and _MODEL_ID_RE.fullmatch(model_id) is not None
 
 
 def _check_ids(model_id: Any, version: Any = None) -> None:
@@ -546,7 +542,7 @@ def register_version(
         allowed = ", ".join(sorted(s.value for s in REGISTRABLE))
         raise InvalidInput("status", f"a new version may start as {allowed}")
     if regime is not None:
-        if not isinstance(regime, str) or not _REGIME_RE.fullmatch(regime.strip().lower()):
+        if not isinstance(regime, str) or not is_regime(regime):
             raise InvalidInput("regime", "1–40 characters of a-z, 0-9, '_', '.', '-'")
         regime = regime.strip().lower()
     clean_metrics = _clean_metrics(metrics)

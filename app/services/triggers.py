@@ -29,7 +29,6 @@ coalesced outcome.
 from __future__ import annotations
 
 import math
-import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +40,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
-from app.core.domain import TIMEFRAMES, ModelStatus, ModelType, TriggerReason, make_model_id
+from app.core.domain import (
+    ModelStatus,
+    ModelType,
+    TriggerReason,
+    make_model_id,
+    split_model_id,
+)
 from app.core.errors import DomainError, InvalidInput, NotFound
 from app.core.timeutil import ensure_utc, isoformat
 from app.models.continuous import TrackedModel, TrackingSource, TriggerDecision, TriggerOutcome
@@ -78,21 +83,13 @@ DEFAULT_DATASET_SPAN_DAYS = 90
 # IN-lists are chunked so a tick over many due models stays within driver limits.
 _CHUNK = 500
 
-_TYPES_LONGEST_FIRST = sorted((t.value for t in ModelType), key=len, reverse=True)
-_TF_RE = "|".join(re.escape(tf) for tf in TIMEFRAMES)
-_MODEL_ID_RE = re.compile(
-    rf"^(?P<type>{'|'.join(_TYPES_LONGEST_FIRST)})_(?P<symbol>[a-z0-9._-]{{1,30}})_"
-    rf"(?P<tf>{_TF_RE})$"
-)
-
-
 def parse_model_id(model_id: str) -> tuple[str, str, str]:
     """(model_type, SYMBOL, timeframe) of a contract model id; NotFound when it cannot be
     one (the API answers 404 for an id that cannot exist)."""
-    m = _MODEL_ID_RE.fullmatch(model_id) if isinstance(model_id, str) else None
-    if m is None:
+    parts = split_model_id(model_id)
+    if parts is None:
         raise NotFound(f"model {model_id!r} not found: not a model id")
-    return m.group("type"), m.group("symbol").upper(), m.group("tf")
+    return parts
 
 
 def interval_hours_for(settings: Settings, model_type: str, override: float | None) -> float:

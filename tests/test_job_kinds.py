@@ -171,13 +171,13 @@ def test_the_jobs_reaper_claims_and_publishing_leave_evolve_jobs_alone(
 
 def test_arbitration_does_not_mistake_a_search_for_an_active_training(
         settings: Settings) -> None:
-    from app.services.triggers import arbitrate, request_training
+    from app.services.triggers import arbitrate, record_request
 
     _store_market(settings)
     _start_search(settings)
     now = utcnow()
     with transaction(settings.database_url, immediate=True) as session:
-        decision = request_training(
+        decision = record_request(
             session, settings, model_id=MODEL_ID, reason="drift_detected",
             dedupe_key="drift:1", source="test", now=now, params={"n_estimators": 10},
             dataset_span_days=60)

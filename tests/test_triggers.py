@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from app.db import transaction
 from app.ml.data.synthetic import generate_ohlcv
-from app.services.triggers import arbitrate, request_training, run_tick
+from app.services.triggers import arbitrate, record_request, run_tick
 from tests.support.continuous import seed_market, start
 
 
@@ -170,7 +170,7 @@ def test_a_second_scheduler_running_at_the_same_time_does_no_harm(settings):
 # -- arbitration ------------------------------------------------------------------------
 def _request(settings, model_id: str, reason: str, key: str, now: datetime, **kw: Any):
     with transaction(settings.database_url, immediate=True) as session:
-        return request_training(session, settings, model_id=model_id, reason=reason,
+        return record_request(session, settings, model_id=model_id, reason=reason,
                                 dedupe_key=key, source="test", now=now, **kw)
 
 

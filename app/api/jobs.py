@@ -26,8 +26,8 @@ from app.api.schema import StrictModel, documented, parse_body, parse_query
 from app.api.security import current_actor, require_role
 from app.core.config import Settings
 from app.core.domain import REGIME_PATTERN, JobStatus, ModelType, Timeframe, TriggerReason
-from app.core.timeutil import utcnow
 from app.db import transaction
+from app.flows.training import request_training
 from app.models.jobs import JobKind
 from app.services import jobs
 
@@ -77,40 +77,20 @@ def _settings() -> Settings:
 )
 @require_role("operator")
 def train() -> Any:
-    from app.services.triggers import record_direct_request
-
     body = parse_body(TrainBody)
     settings = _settings()
-    actor = current_actor()[:120]
-    reason = body.trigger_reason.value
-    conflict: jobs.ActiveJobExists | None = None
     # immediate: read (is a job active?) then write, serialized on SQLite as on PostgreSQL.
     with transaction(settings.database_url, immediate=True) as session:
-        now = utcnow()
-        try:
-            job = jobs.create_training_job(
-                session, settings, model_type=body.model_type.value, symbol=body.symbol,
-                timeframe=body.timeframe.value, dataset_span_days=body.dataset_span_days,
-                params=body.params, trigger_reason=reason, requested_by=actor,
-                regime=body.regime, strategy=body.strategy, now=now,
-            )
-        except jobs.ActiveJobExists as exc:
-            conflict = exc  # answered 409 below, once the coalesced decision committed
-            record_direct_request(
-                session, model_id=exc.model_id, job_id=exc.job_id, created=False, now=now,
-                reason=reason, requested_by=actor, regime=body.regime, params=body.params,
-                dataset_span_days=body.dataset_span_days,
-                details={"request": "POST /clm/train"})
-        else:
-            record_direct_request(
-                session, model_id=job["model_id"], job_id=job["job_id"], created=True,
-                now=now, reason=reason, requested_by=actor, regime=body.regime,
-                params=job["params"], dataset_span_days=body.dataset_span_days,
-                details={"request": "POST /clm/train"})
-    if conflict is not None:
-        raise conflict
-    # After commit: a worker must find the row the message names.
-    jobs.enqueue_job(job["job_id"], settings)
+        outcome = request_training(
+            session, settings, model_type=body.model_type.value, symbol=body.symbol,
+            timeframe=body.timeframe.value, dataset_span_days=body.dataset_span_days,
+            params=body.params, reason=body.trigger_reason.value, source="api",
+            requested_by=current_actor()[:120], regime=body.regime, strategy=body.strategy,
+            details={"request": "POST /clm/train"})
+    if outcome.active_job_id is not None:  # answered once the coalesced decision committed
+        raise jobs.ActiveJobExists(outcome.active_job_id, outcome.decision.model_id)
+    job = outcome.job
+    assert job is not None
     response = jsonify(
         {"job_id": job["job_id"], "status": job["status"], "model_id": job["model_id"]}
     )

@@ -510,7 +510,7 @@ def _dead_letter(settings: Settings, body: Any, reason: str, *, routing_key: str
 def _handle(session: Session, settings: Settings, envelope: Envelope, now: datetime
             ) -> tuple[dict[str, Any], list[str]]:
     """Act on a validated event inside the inbox transaction; returns (outcome, job ids)."""
-    from app.services.triggers import arbitrate, request_training
+    from app.services.triggers import arbitrate, record_request
 
     payload = envelope.payload
     kind = envelope.type
@@ -531,7 +531,7 @@ def _handle(session: Session, settings: Settings, envelope: Envelope, now: datet
         if kind == "training.requested":
             req = TrainingRequested.model_validate(payload)
             model_id = make_model_id(req.model_type.value, req.symbol, req.timeframe.value)
-            decision = request_training(
+            decision = record_request(
                 session, settings, model_id=model_id, reason=req.trigger_reason.value,
                 dedupe_key=key, source="event", now=now, requested_by=requester,
                 params=req.params, dataset_span_days=req.dataset_span_days,
@@ -548,7 +548,7 @@ def _handle(session: Session, settings: Settings, envelope: Envelope, now: datet
             reason = {"drift.detected": "drift_detected",
                       "performance.degraded": "performance_degraded",
                       "regime.changed": "regime_change"}[kind]
-            decision = request_training(
+            decision = record_request(
                 session, settings, model_id=model_id, reason=reason, dedupe_key=key,
                 source="event", now=now, requested_by=requester,
                 regime=getattr(ref, "regime", None),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from app.bus.broker import WORK_QUEUES, transport_options
 from app.core.config import Settings, get_settings
@@ -33,6 +33,19 @@ TASK_ROUTES = {
 # Short: a publish runs after a commit, often on a request path; the reapers publish again.
 RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.5,
                 "interval_max": 1.0}
+
+
+class Message(Protocol):
+    """Anything naming a task, its queue and its (id-only) arguments."""
+
+    @property
+    def task(self) -> str: ...
+
+    @property
+    def queue(self) -> str: ...
+
+    @property
+    def args(self) -> Sequence[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -111,7 +124,7 @@ def producer_app(settings: Settings | None = None) -> Any:
     return app
 
 
-def send(messages: Iterable[TaskMessage], settings: Settings | None = None, *,
+def send(messages: Iterable[Message], settings: Settings | None = None, *,
          retry: bool = True) -> int:
     """Publish each message by task name; returns how many were sent. Call it after the
     commit (through `app.db.on_commit`): a worker must find the rows a message names."""
@@ -129,7 +142,7 @@ def send(messages: Iterable[TaskMessage], settings: Settings | None = None, *,
     return sent
 
 
-def send_after_commit(session: Any, messages: Sequence[TaskMessage],
+def send_after_commit(session: Any, messages: Sequence[Message],
                       settings: Settings | None = None) -> None:
     """Publish `messages` once the transaction of `session` commits (dropped on rollback)."""
     from app.db import on_commit

@@ -44,7 +44,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.bus.events import job_event  # outbox: events commit with the change (app/bus/events.py)
-from app.bus.producer import TaskMessage, send
+from app.bus.producer import send, send_after_commit
 from app.core.config import Settings, get_settings
 from app.core.domain import (
     JobStatus,
@@ -455,7 +455,7 @@ def create_training_job(
     already has a queued/running job — decided by the database's partial unique index,
     so two concurrent requests cannot both win. Open the session with
     `transaction(url, immediate=True)` (SQLite: read-then-write must hold the write lock
-    from the start) and call `enqueue_job(job_id)` after it committed.
+    from the start); the job is published after that transaction commits.
     """
     req = validate_training_request(
         settings, model_type=model_type, symbol=symbol, timeframe=timeframe,
@@ -496,6 +496,9 @@ def create_training_job(
     _jlog(job_id, model_id=req.model_id).info(
         "training job created (%s, trigger %s)", req.model_id, req.trigger_reason
     )
+    # Published once the creating transaction commits (a worker must find the row); a
+    # lost message is published again by the reaper at the dispatch deadline.
+    send_after_commit(session, [stage_dispatch(job_id, JobStage.PREPARE)], settings)
     return get_job(session, job_id)
 
 
@@ -1278,7 +1281,7 @@ def enqueue(dispatches: Iterable[Dispatch], settings: Settings | None = None) ->
     A broker that is down is logged, not raised: the work stays in the database with a
     dispatch deadline, and the reaper publishes it again — the job is never lost.
     """
-    return send([TaskMessage(d.task, d.queue, tuple(d.args)) for d in dispatches], settings)
+    return send(dispatches, settings)
 
 
 def pending_dispatches(session: Session, job_id: str) -> list[Dispatch]:

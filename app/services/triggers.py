@@ -3,7 +3,7 @@
 Owns the `tracked_models` and `trigger_decisions` tables:
 - `track_model` / `untrack_model` / `list_tracked`: the tracked set is every model_id
   with a production version plus any tracked explicitly (own interval and thresholds).
-- `request_training`: every reason to retrain (periodic slot, drift, performance, regime,
+- `record_request`: every reason to retrain (periodic slot, drift, performance, regime,
   a manual event) is first recorded as a *pending* decision, unique per
   (model_id, reason, dedupe_key). A second scheduler seeing the same due slot, or a
   redelivered event, hits the unique key and changes nothing.
@@ -63,7 +63,7 @@ __all__ = [
     "list_tracked",
     "parse_model_id",
     "record_direct_request",
-    "request_training",
+    "record_request",
     "run_tick",
     "slot_key",
     "track_model",
@@ -340,7 +340,7 @@ def _span_from_lineage(lineage: Mapping[str, Any]) -> int | None:
     return max(1, math.ceil((last - first).total_seconds() / 86400.0))
 
 
-def request_training(
+def record_request(
     session: Session,
     settings: Settings,
     *,
@@ -708,7 +708,7 @@ def run_tick(session: Session, settings: Settings, *, now: datetime) -> TickResu
                 # The slot's job could not start (e.g. no data yet): try again once per
                 # cooldown period instead of never (or on every tick).
                 key = f"{key}:retry:{slot_key(now, settings.trigger_cooldown_hours)}"
-            d = request_training(
+            d = record_request(
                 session, settings, model_id=model_id, reason="periodic", dedupe_key=key,
                 source="tick", now=now, requested_by="clm-scheduler",
                 details={"due_at": isoformat(when) if when else None,

@@ -464,7 +464,7 @@ def run_drift_check(
     """
     from app.models.continuous import DriftReport
     from app.services.checks.performance import production_context, recent_window
-    from app.services.triggers import request_training, slot_key
+    from app.services.triggers import record_request, slot_key
 
     ctx = production_context(session, settings, model_id, artifacts=artifacts)
     if ctx is None:
@@ -512,7 +512,7 @@ def run_drift_check(
     session.add(report)
     session.flush()
     if result.drifted and window.end is not None:
-        decision = request_training(
+        decision = record_request(
             session, settings, model_id=model_id, reason="drift_detected",
             dedupe_key=f"drift:{ctx.version}:"
                        f"{slot_key(window.end, settings.trigger_cooldown_hours)}",

@@ -298,7 +298,7 @@ def run_paper_check(
     """
     from app.ml.backtest import run_backtest
     from app.ml.evaluation import probabilities_to_positions
-    from app.services.triggers import request_training, slot_key
+    from app.services.triggers import record_request, slot_key
 
     ctx = production_context(session, settings, model_id, artifacts=artifacts)
     if ctx is None:
@@ -338,7 +338,7 @@ def run_paper_check(
     session.add(report)
     session.flush()
     if degraded and window.end is not None:
-        decision = request_training(
+        decision = record_request(
             session, settings, model_id=model_id, reason="performance_degraded",
             dedupe_key=f"paper:{ctx.version}:"
                        f"{slot_key(window.end, settings.trigger_cooldown_hours)}",
@@ -494,7 +494,7 @@ def record_live_report(
     unknown model/version and Conflict when no version is named and none is in production.
     """
     from app.services import registry
-    from app.services.triggers import parse_model_id, request_training, slot_key
+    from app.services.triggers import parse_model_id, record_request, slot_key
 
     _model_type, _symbol, timeframe = parse_model_id(body.model_id)
     if body.version is None:
@@ -535,7 +535,7 @@ def record_live_report(
     out: dict[str, Any] = {"report": None, "rolling": rolling, "decision": None,
                            "rollback": None}
     if degraded:
-        decision = request_training(
+        decision = record_request(
             session, settings, model_id=body.model_id, reason="performance_degraded",
             dedupe_key=f"live:{version}:{slot_key(now, settings.trigger_cooldown_hours)}",
             source="live_report", now=now, requested_by=reported_by,

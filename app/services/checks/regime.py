@@ -308,7 +308,7 @@ def run_regime_check(
 
     from app.models.continuous import RegimeChampion
     from app.services.checks.performance import production_context
-    from app.services.triggers import request_training
+    from app.services.triggers import record_request
 
     ctx = production_context(session, settings, model_id, artifacts=artifacts)
     if ctx is None:
@@ -347,7 +347,7 @@ def run_regime_check(
     slot = slot_key(frame.index[-1].to_pydatetime(), settings.trigger_cooldown_hours)
     # Bars of one regime are a fraction of any window: give the specialist a long history
     # (an automatic job's window is clamped to what the store holds).
-    decision = request_training(
+    decision = record_request(
         session, settings, model_id=model_id, reason="regime_change",
         dataset_span_days=REGIME_SPAN_DAYS,
         dedupe_key=f"regime:{ctx.version}:{state.label}:{slot}", source="regime_check",

@@ -16,7 +16,7 @@ import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from app.services.evolution import search
+from app.services.evolution import optuna_ask, search
 
 DISTS = {
     "a": IntDistribution(2, 96),
@@ -61,7 +61,7 @@ def test_batched_ask_and_one_transaction_tell_match_optuna(db_url: str) -> None:
         fast = search.load_study(db_url, "fast", POP, seed)
         public = search.load_study(db_url, "public", POP, seed)
         asked = search.ask_generation(fast, DISTS, POP, generation)
-        reference = search._ask_one_by_one(public, DISTS, POP, generation)
+        reference = optuna_ask._ask_one_by_one(public, DISTS, POP, generation)
         assert [t.params for t in asked] == [t.params for t in reference]
         assert [t.number for t in asked] == [t.number for t in reference]
         if generation:

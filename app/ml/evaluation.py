@@ -522,11 +522,8 @@ def probabilities_to_positions(
     return pos
 
 
-def _concat_predictions(
-    predictions: Sequence[FoldPrediction],
-) -> tuple[pd.DatetimeIndex, np.ndarray]:
-    if not predictions:
-        raise ValueError("no fold predictions to evaluate")
+def ordered_predictions(predictions: Sequence[FoldPrediction]) -> list[FoldPrediction]:
+    """Fold predictions in time order, checked disjoint (ValueError when two overlap)."""
     ordered = sorted(predictions, key=lambda p: p.timestamps[0])
     for a, b in itertools.pairwise(ordered):
         if a.timestamps[-1] >= b.timestamps[0]:
@@ -534,6 +531,16 @@ def _concat_predictions(
                 f"fold {a.fold} and fold {b.fold} overlap in time ({b.timestamps[0]}): "
                 "out-of-sample slices must be disjoint"
             )
+    return ordered
+
+
+def concat_predictions(
+    predictions: Sequence[FoldPrediction],
+) -> tuple[pd.DatetimeIndex, np.ndarray]:
+    """The out-of-sample series: timestamps and P(up) of every fold, in time order."""
+    if not predictions:
+        raise ValueError("no fold predictions to evaluate")
+    ordered = ordered_predictions(predictions)
     stamps = ordered[0].timestamps.append([p.timestamps for p in ordered[1:]])
     proba = np.concatenate([np.asarray(p.proba, dtype=np.float64) for p in ordered])
     return pd.DatetimeIndex(stamps), proba
@@ -551,7 +558,7 @@ def evaluate_predictions(
     total_return, promotion_score) plus oos_bars, exposure (share of bars in a position)
     and, with a Dataset, accuracy (share of bars whose P(up) > 0.5 matched the label).
     """
-    stamps, proba = _concat_predictions(predictions)
+    stamps, proba = concat_predictions(predictions)
     if isinstance(dataset, Dataset):
         index, close_all, labels = dataset.timestamps, dataset.close, dataset.y
     elif isinstance(dataset, pd.Series) and isinstance(dataset.index, pd.DatetimeIndex):

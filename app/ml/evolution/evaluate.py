@@ -7,8 +7,8 @@ A trial never sees the hold-out: it is cut off the frame before features and lab
 built, so even the last labels of the search part cannot peek into it. Inside the search
 part, app.ml.evaluation builds the dataset and the expanding, purged folds and trains each
 fold (app.ml.trainers); the concatenated OOS probabilities become positions under the
-strategy's trading rules (app.ml.evolution.strategy) and are backtested with
-app.ml.backtest.run_backtest and the configured fees — the same backtest as the pipeline.
+strategy's trading rules and are backtested with the configured fees by app.ml.oos, the
+one out-of-sample builder the training pipeline uses too.
 """
 
 from __future__ import annotations
@@ -23,11 +23,17 @@ import pandas as pd
 
 from app.analysis.overfitting import return_moments
 from app.core.timeutil import isoformat
-from app.ml.backtest import BacktestResult, run_backtest
-from app.ml.evaluation import EvaluationConfig, Fold, make_folds, prepare_dataset, train_fold
-from app.ml.evolution.space import StrategyParams, StrategySpace, decode
-from app.ml.evolution.strategy import positions_from_probabilities, turnover
-from app.ml.scoring import promotion_score
+from app.ml.backtest import BacktestResult
+from app.ml.evaluation import (
+    EvaluationConfig,
+    Fold,
+    FoldPrediction,
+    make_folds,
+    prepare_dataset,
+    train_fold,
+)
+from app.ml.evolution.space import StrategySpace, decode
+from app.ml.oos import StrategyOOS, strategy_oos
 from app.ml.trainers import Trainer, get_trainer
 
 __all__ = ["EvalSettings", "TrialResult", "evaluate_holdout", "evaluate_strategy",
@@ -155,25 +161,18 @@ def _regime_metrics(
     return out
 
 
-def _strategy_metrics(close: np.ndarray, proba: np.ndarray, stamps: pd.DatetimeIndex,
-                      strategy: StrategyParams,
-                      cfg: EvalSettings) -> tuple[dict[str, Any], BacktestResult]:
-    positions = positions_from_probabilities(proba, close, strategy.rules)
-    bt = run_backtest(close, positions, fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps,
-                      periods_per_year=cfg.periods_per_year, timestamps=stamps)
-    metrics: dict[str, Any] = dict(bt.metrics)
-    metrics["promotion_score"] = promotion_score(metrics)
-    metrics["turnover"] = turnover(positions)
-    metrics["exposure"] = float(np.mean(positions != 0.0))
-    metrics["oos_bars"] = len(stamps)
-    moments = return_moments(bt.returns)
+def _search_metrics(oos: StrategyOOS) -> dict[str, Any]:
+    """The OOS metrics (app.ml.oos, the pipeline's builder) plus what the search adds: the
+    per-bar return moments (overfitting checks) and the out-of-sample span."""
+    metrics = dict(oos.metrics)
+    moments = return_moments(oos.backtest.returns)
     metrics["sharpe_per_bar"] = moments["sharpe"]
     metrics["returns_skew"] = moments["skew"]
     metrics["returns_kurtosis"] = moments["kurtosis"]
     metrics["returns_n"] = moments["n"]
-    metrics["oos_start"] = isoformat(stamps[0].to_pydatetime())
-    metrics["oos_end"] = isoformat(stamps[-1].to_pydatetime())
-    return metrics, bt
+    metrics["oos_start"] = isoformat(oos.stamps[0].to_pydatetime())
+    metrics["oos_end"] = isoformat(oos.stamps[-1].to_pydatetime())
+    return metrics
 
 
 def evaluate_strategy(
@@ -203,26 +202,19 @@ def evaluate_strategy(
     folds = make_folds(dataset.n_rows, ecfg)
     trainer = _trainer(space.model_type)
     model_params = trainer.validate_params(strategy.model_params)
-    stamps_parts: list[pd.DatetimeIndex] = []
-    proba_parts: list[np.ndarray] = []
+    predictions: list[FoldPrediction] = []
     beat = t0
     for fold in folds:
-        pred = train_fold(dataset, fold, trainer, model_params, seed=cfg.seed,
-                          n_threads=cfg.n_threads)
-        stamps_parts.append(pred.timestamps)
-        proba_parts.append(np.asarray(pred.proba, dtype=np.float64))
+        predictions.append(train_fold(dataset, fold, trainer, model_params, seed=cfg.seed,
+                                      n_threads=cfg.n_threads))
         if heartbeat is not None and time.perf_counter() - beat >= heartbeat_every_s:
             heartbeat()
             beat = time.perf_counter()
-    stamps = stamps_parts[0].append(stamps_parts[1:]) if len(stamps_parts) > 1 \
-        else stamps_parts[0]
-    proba = np.concatenate(proba_parts)
-    rows = dataset.timestamps.get_indexer(stamps)
-    close = dataset.close[rows]
-    metrics, bt = _strategy_metrics(close, proba, pd.DatetimeIndex(stamps), strategy, cfg)
+    oos = strategy_oos(dataset, predictions, ecfg, strategy.rules)
+    metrics = _search_metrics(oos)
     labels_all = regimes if regimes is not None else regime_series(search_frame)
-    labels = labels_all.reindex(stamps).fillna("unknown").astype(str).to_numpy()
-    regime_metrics = _regime_metrics(bt, labels, bt.periods_per_year)
+    labels = labels_all.reindex(oos.stamps).fillna("unknown").astype(str).to_numpy()
+    regime_metrics = _regime_metrics(oos.backtest, labels, oos.backtest.periods_per_year)
     return TrialResult(metrics, regime_metrics, time.perf_counter() - t0)
 
 
@@ -253,7 +245,4 @@ def evaluate_holdout(
                 test_end=dataset.n_rows)
     pred = train_fold(dataset, fold, trainer, trainer.validate_params(strategy.model_params),
                       seed=cfg.seed, n_threads=cfg.n_threads)
-    close = dataset.close[hs:]
-    metrics, _bt = _strategy_metrics(close, np.asarray(pred.proba), pred.timestamps,
-                                     strategy, cfg)
-    return metrics
+    return _search_metrics(strategy_oos(dataset, [pred], ecfg, strategy.rules))

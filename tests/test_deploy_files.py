@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,40 @@ def test_procfile_has_every_process():
     honcho = Path(sys.executable).parent / "honcho"
     result = subprocess.run([str(honcho), "check"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def _expanded(command: str, env: dict[str, str]) -> list[str]:
+    """The words `command` becomes once /bin/sh expands it (as honcho runs each line),
+    without running it: `set --` takes the expanded words as positional parameters."""
+    script = f'set -- {command}; printf "%s\\n" "$@"'
+    result = subprocess.run(["/bin/sh", "-c", script], env={"PATH": os.defpath, **env},
+                            capture_output=True, text=True, check=True)
+    return result.stdout.splitlines()
+
+
+def _web_port(env: dict[str, str]) -> str:
+    words = _expanded(procfile()["web"], env)
+    assert words[:3] == ["exec", "clm", "serve"], words
+    return words[words.index("--port") + 1]
+
+
+def test_web_listens_on_PORT_else_CLM_WEB_PORT_else_8000():
+    assert _web_port({}) == "8000"
+    assert _web_port({"CLM_WEB_PORT": "8100"}) == "8100"
+    assert _web_port({"PORT": "5000", "CLM_WEB_PORT": "8100"}) == "5000"
+    assert _web_port({"PORT": "5000"}) == "5000"
+    assert _web_port({"PORT": "", "CLM_WEB_PORT": "8100"}) == "8100"  # empty counts as unset
+
+
+def test_honcho_start_gives_web_its_base_port():
+    """What the Procfile comment says: `honcho start` sets PORT (its base port for the
+    first process type, web), and `-p N` moves it."""
+    from honcho.environ import expand_processes, parse_procfile
+
+    processes = parse_procfile((ROOT / "Procfile").read_text()).processes
+    for base in (5000, 8000):
+        web = next(p for p in expand_processes(processes, port=base) if p.name == "web.1")
+        assert _web_port({"CLM_WEB_PORT": "8100", **web.env}) == str(base)
 
 
 def test_compose_runs_the_procfile_processes_after_migrate():

@@ -21,16 +21,30 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 
 from app.core.config import Settings
 from app.core.errors import InvalidInput
 from app.db import transaction
-from app.flows import pipeline
+from app.flows import evolution
+from app.ml.artifacts import ArtifactStore
 from app.ml.data.store import MarketDataStore
+from app.ml.drift_reference import load_reference, training_lineage
+from app.ml.evaluation import (
+    EvaluationConfig,
+    dataset_from_frame,
+    make_folds,
+    prepare_dataset,
+    walk_forward_predictions,
+)
 from app.ml.evolution.space import ParamDef, StrategySpace
-from app.services import jobs
-from app.services.evolution import service
+from app.ml.oos import oos_metrics
+from app.ml.rules import trading_rules
+from app.ml.trainers import get_trainer
+from app.services import jobs, registry
+from app.services.evolution.create import create_search
+from app.services.evolution.views import list_candidates
 from tests.support.pipeline import run_job_inline
 from tests.test_evolution_search import TINY_WINDOWS, planted_frame
 
@@ -58,26 +72,24 @@ def local(sqlite_url: str, make_settings: Callable[..., Settings]) -> Settings:
 
 def test_a_trained_candidate_is_judged_on_the_strategy_the_search_found(
         local: Settings) -> None:
-    from app.services import registry
-
     settings = local
     frame = planted_frame(BARS)
     with transaction(settings.database_url) as session:
-        started = service.start_search(
+        started = create_search(
             session, settings, model_type="xgboost", symbol="BTCUSDT", timeframe="1h",
             dataset_span_days=SEARCH_DAYS, frame=frame, population=2, generations=1,
             base_space=_space(), seed=5, evaluation={"min_train_rows": 300})
-    result = service.drive_inline(settings, started["search_id"], timeout_s=240)
+    result = evolution.drive_inline(settings, started["search_id"], timeout_s=240)
     assert result["status"] == "succeeded"
     with transaction(settings.database_url) as session:
-        cands, _ = service.list_candidates(session, search_id=started["search_id"])
+        cands, _ = list_candidates(session, search_id=started["search_id"])
     cand = next(c for c in cands if c["status"] == "evaluated")
     assert cand["metrics"]["trades"] > 0
 
     # The market data store holds exactly the bars the search evaluated on.
     MarketDataStore(settings.data_dir).merge("BTCUSDT", "1h", frame.iloc[:SEARCH_BARS])
     with transaction(settings.database_url, immediate=True) as session:
-        job = service.train_candidate(session, settings, cand["id"])
+        job = evolution.train_candidate(session, settings, cand["id"]).job
     strategy = job["strategy"]
     assert strategy["label_horizon"] == 3 and strategy["seed"] == 5
     assert strategy["rules"] == {"entry_threshold": 0.53, "exit_threshold": 0.5,
@@ -107,26 +119,15 @@ def test_without_rules_the_same_predictions_would_be_judged_differently(
         local: Settings) -> None:
     """The plain thresholds are not the search's rules: on the same OOS probabilities they
     trade differently, which is why the pipeline must use the rules."""
-    import numpy as np
-
-    from app.ml.evaluation import (
-        EvaluationConfig,
-        make_folds,
-        prepare_dataset,
-        walk_forward_predictions,
-    )
-    from app.ml.trainers import get_trainer
-
     cfg = EvaluationConfig(label_horizon=3, long_threshold=0.53, short_threshold=0.47)
     dataset = prepare_dataset(planted_frame(1200), cfg, TINY_WINDOWS)
     trainer = get_trainer("xgboost")
     preds = walk_forward_predictions(dataset, make_folds(dataset.n_rows, cfg), trainer,
                                      trainer.validate_params({"n_estimators": 30}), seed=0,
                                      n_threads=1)
-    rules = jobs.trading_rules({"rules": {k: v for k, v in RULES.items()
-                                          if k != "label_horizon"}})
-    with_rules = pipeline.oos_metrics(dataset, preds, cfg, rules)
-    plain = pipeline.oos_metrics(dataset, preds, cfg, None)
+    rules = trading_rules({"rules": {k: v for k, v in RULES.items() if k != "label_horizon"}})
+    with_rules = oos_metrics(dataset, preds, cfg, rules)
+    plain = oos_metrics(dataset, preds, cfg, None)
     assert with_rules["oos_bars"] == plain["oos_bars"]
     assert (with_rules["trades"], with_rules["total_return"]) != (
         plain["trades"], plain["total_return"])
@@ -134,11 +135,6 @@ def test_without_rules_the_same_predictions_would_be_judged_differently(
 
 
 def test_drift_reference_built_in_memory_equals_the_one_read_back(local: Settings) -> None:
-    from app.ml.artifacts import ArtifactStore
-    from app.ml.evaluation import dataset_from_frame
-    from app.services import registry
-    from app.services.checks.drift import load_reference, training_lineage
-
     settings = local
     MarketDataStore(settings.data_dir).merge("BTCUSDT", "1h", planted_frame(BARS))
     with transaction(settings.database_url, immediate=True) as session:

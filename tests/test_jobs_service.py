@@ -154,9 +154,12 @@ def test_claims_stop_when_attempts_are_spent(settings, market):
 def _in_train_stage(settings, items):
     job_id = _claimed(settings, "prep/1")
     with transaction(settings.database_url) as session:
-        dispatches = jobs.start_train_stage(session, settings, job_id, "prep/1", items,
-                                            {"dataset": {"uri": "cas://x"}})
-    assert [(d.kind, d.fold) for d in dispatches] == [(WorkKind(k).value, f) for k, f in items]
+        jobs.start_train_stage(session, settings, job_id, "prep/1", items,
+                               {"dataset": {"uri": "cas://x"}})
+        # What the fan-out published after its commit: one train-queue task per item.
+        dispatches = jobs.pending_dispatches(session, job_id)
+    assert sorted((d.kind, d.fold) for d in dispatches) == sorted(
+        (WorkKind(k).value, f) for k, f in items)
     assert {d.queue for d in dispatches} == {"train"}
     return job_id
 
@@ -173,16 +176,19 @@ def test_fan_in_counts_each_item_once_and_advances_exactly_once(settings, market
             # A second delivery of the same item exits.
             assert jobs.claim_work_item(session, settings, job_id, kind, fold, "dup/x") is None
         with transaction(settings.database_url) as session:
-            advanced += jobs.complete_work_item(session, settings, job_id, kind, fold, owner,
-                                                {"uri": f"cas://{kind}{fold}", "fit_s": 0.1})
+            advanced.append(jobs.complete_work_item(
+                session, settings, job_id, kind, fold, owner,
+                {"uri": f"cas://{kind}{fold}", "fit_s": 0.1}))
         # A redelivered completion neither counts nor advances again.
         with pytest.raises(jobs.LeaseLost), transaction(settings.database_url) as session:
             jobs.complete_work_item(session, settings, job_id, kind, fold, owner, {})
         with transaction(settings.database_url) as session:
             assert jobs.claim_work_item(session, settings, job_id, kind, fold, "late/x") is None
-    assert advanced == [jobs.stage_dispatch(job_id, JobStage.EVALUATE)]
+    assert advanced == [False, False, True]  # only the last completion advances
     with transaction(settings.database_url) as session:
         job = jobs.get_job(session, job_id)
+        assert jobs.pending_dispatches(session, job_id) == [
+            jobs.stage_dispatch(job_id, JobStage.EVALUATE)]
     assert (job["folds"]["done"], job["folds"]["total"], job["stage"]) == (3, 3, "evaluate")
     steps = {s["name"]: s["status"] for s in job["steps"]}
     assert steps["train_folds"] == steps["final_fit"] == "succeeded"

@@ -1,9 +1,10 @@
-"""Celery tasks of the training pipeline: thin adapters that call app/flows/pipeline.py by id.
+"""Celery tasks of the training pipeline: thin adapters that call app.flows.pipeline by id.
 
 Each task names itself explicitly (`clm.job.*`, `clm.jobs.reap`), takes only ids, and
-delegates to an executor that owns its transactions, its lease and what to publish after
-commit. Transient database errors (OperationalError) are retried with exponential
-backoff; everything else is recorded on the job by the executor, never raised into Celery.
+delegates to an executor that owns its transactions and its lease; the next tasks are
+published once the transaction that hands the job over commits. Transient database
+errors (OperationalError) are retried with exponential backoff; everything else is
+recorded on the job by the executor, never raised into Celery.
 
 The worker's main process sizes the native thread pools before it forks the pool:
 OMP_NUM_THREADS and CLM_TRAIN_THREADS = cores ÷ this worker's concurrency, and records its
@@ -21,6 +22,7 @@ from celery.signals import setup_logging, worker_init
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app.core.config import get_settings
+from app.core.logs import configure_logging
 from app.flows.pipeline import (
     MAIN_PID_ENV,
     THREADS_ENV,
@@ -48,8 +50,6 @@ RETRY: dict[str, Any] = {
 @setup_logging.connect
 def _configure_logging(loglevel: Any = None, **_: Any) -> None:
     # CLM's structured logs (JSON lines with job_id) instead of Celery's own format.
-    from app.core.logs import configure_logging
-
     settings = get_settings()
     level = loglevel if isinstance(loglevel, str) else settings.log_level
     if isinstance(loglevel, int):

@@ -1,9 +1,9 @@
 """HTTP adapter for training jobs: POST /clm/train, GET /clm/jobs, GET /clm/jobs/{job_id}.
 
-Thin: validate the body (pydantic, 422 naming the field), open the unit of work, call
-`app.services.jobs`, and publish the job to the broker only after the transaction committed. A
-broker that is down does not fail the request: the job is in the database with a
-dispatch deadline and the reaper publishes it.
+Thin: validate the body (pydantic, 422 naming the field), open the unit of work and call
+`app.flows.training.request_training`; the new job publishes itself to the broker once
+the transaction committed. A broker that is down does not fail the request: the job is
+in the database with a dispatch deadline and the reaper publishes it.
 
 POST /clm/train is a trigger decision like any other reason to retrain (GET
 /clm/triggers): `triggered` with the job it started, or — answered 409 because the model
@@ -19,7 +19,6 @@ from typing import Annotated, Any
 from flask import Blueprint, current_app, jsonify
 from pydantic import Field, StrictInt
 
-from app.api.metrics import register_db_metrics
 from app.api.pagination import PageQuery, decode_cursor, page
 from app.api.problems import unprocessable
 from app.api.schema import StrictModel, documented, parse_body, parse_query
@@ -32,7 +31,6 @@ from app.models.jobs import JobKind
 from app.services import jobs
 
 bp = Blueprint("jobs", __name__)
-register_db_metrics(jobs.job_metrics)  # GET /metrics: jobs by status, durations
 
 Regime = Annotated[str, Field(pattern=REGIME_PATTERN)]
 
@@ -145,7 +143,7 @@ def get_job(job_id: str) -> Any:
         except jobs.JobNotFound:
             # A strategy search started before jobs had kinds (migration 0005) has no
             # job row: its progress lives with the search.
-            from app.services.evolution.service import search_job
+            from app.services.evolution.views import search_job  # lazy: start-up (pandas)
 
             found = search_job(session, job_id)
             if found is None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
-from datetime import UTC
+from collections.abc import Iterator
+from datetime import UTC, timedelta
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -31,9 +31,16 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from sqlalchemy import func, select
 
 from app.api.schema import documented
+from app.bus.broker import queue_depths
 from app.core.config import Settings
+from app.core.timeutil import utcnow
+from app.db import transaction
+from app.models.continuous import DriftReport
+from app.models.registry import AuditEntry, ModelVersion
+from app.services import jobs
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +52,6 @@ HTTP_LATENCY = Histogram(
     ["endpoint", "method", "status"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
-
-# Each provider yields metric families from the database; owners of other tables add theirs
-# with `register_db_metrics` (jobs, drift, ...), so this module need not import them.
-DbMetricsProvider = Callable[[Any, Settings], Iterator[Metric]]
-_db_providers: list[DbMetricsProvider] = []
-
-
-def register_db_metrics(provider: DbMetricsProvider) -> DbMetricsProvider:
-    if provider not in _db_providers:
-        _db_providers.append(provider)
-    return provider
-
 
 def histogram_family(
     name: str, doc: str, labels: list[str], rows: dict[tuple[str, ...], list[float]]
@@ -79,9 +74,6 @@ class FleetCollector(Collector):
         self.settings = settings
 
     def collect(self) -> Iterator[Metric]:
-        from app.bus.broker import queue_depths
-        from app.db import transaction
-
         depth = GaugeMetricFamily(
             "clm_queue_depth", "Messages waiting per work queue", labels=["queue"]
         )
@@ -93,8 +85,7 @@ class FleetCollector(Collector):
             with transaction(self.settings.database_url) as session:
                 yield from _registry_metrics(session, self.settings)
                 yield from drift_metrics(session, self.settings)
-                for provider in _db_providers:
-                    yield from provider(session, self.settings)
+                yield from job_metrics(session, self.settings)
         except Exception as exc:  # a scrape must still answer while the database is down
             log.warning("metrics: database not readable: %s", exc)
             up = GaugeMetricFamily("clm_database_up", "1 when the database answered")
@@ -107,10 +98,6 @@ class FleetCollector(Collector):
 
 
 def _registry_metrics(session: Any, settings: Settings) -> Iterator[Metric]:
-    from sqlalchemy import func, select
-
-    from app.models.registry import AuditEntry, ModelVersion
-
     versions = GaugeMetricFamily(
         "clm_model_versions", "Model versions by status", labels=["status"]
     )
@@ -143,10 +130,6 @@ def drift_metrics(session: Any, settings: Settings) -> Iterator[Metric]:
     Models whose last check could not run (status error / insufficient_data) report the
     timestamp and outcome only.
     """
-    from sqlalchemy import func, select
-
-    from app.models.continuous import DriftReport
-
     labels = ["model_id", "version"]
     share = GaugeMetricFamily(
         "clm_drift_feature_share", "Share of features drifted (PSI), latest check", labels=labels
@@ -196,6 +179,30 @@ def drift_metrics(session: Any, settings: Settings) -> Iterator[Metric]:
     ):
         outcomes.add_metric([str(status), "true" if drifted else "false"], float(count))
     yield outcomes
+
+
+_JOB_METRICS_WINDOW = timedelta(days=7)  # duration histograms cover recent jobs only
+
+
+def job_metrics(session: Any, settings: Settings) -> Iterator[Metric]:
+    """Training jobs (train kind; searches have their own figures): by status and trigger,
+    lost leases, and job and step duration histograms over the last seven days."""
+    by_status = GaugeMetricFamily("clm_training_jobs", "Training jobs by status and trigger",
+                                  labels=["status", "trigger_reason"])
+    for status, reason, count in jobs.train_jobs_by_status_and_trigger(session):
+        by_status.add_metric([status, reason], count)
+    yield by_status
+    lost = CounterMetricFamily("clm_training_job_lost_leases",
+                               "Stage leases that expired under a worker (retried attempts)")
+    lost.add_metric([], float(jobs.lost_stage_leases(session)))
+    yield lost
+    since = utcnow() - _JOB_METRICS_WINDOW
+    yield histogram_family("clm_training_job_duration_seconds",
+                           "Finished training jobs: first claim to finish",
+                           ["model_type", "status"], jobs.train_job_durations(session, since))
+    yield histogram_family("clm_training_step_duration_seconds",
+                           "Succeeded pipeline steps", ["step"],
+                           jobs.train_step_durations(session, since))
 
 
 def render(settings: Settings) -> bytes:

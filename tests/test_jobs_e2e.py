@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
+from app.flows.pipeline import enqueue_job
 from app.ml.artifacts import ArtifactStore
 from app.ml.trainers import get_trainer, load_model
-from app.services.jobs import enqueue_job
 from tests.support.pipeline import SPAN_DAYS, make_backend, seed_market, wait_job
 from tests.support.workers import WorkerSpec, running_workers
 

@@ -4,16 +4,18 @@ adapter. Runs on SQLite and PostgreSQL (`db_url`)."""
 
 from __future__ import annotations
 
+import shutil
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from app.core.domain import JobStatus, ModelType, TriggerReason
 from app.core.errors import InvalidInput
 from app.core.timeutil import utcnow
 from app.db import transaction
+from app.flows.pipeline import enqueue_job, execute_stage, execute_work_item
 from app.ml.data.store import MarketDataStore
 from app.ml.data.synthetic import generate_ohlcv
 from app.models.jobs import JobStage, TrainingJob, TrainingJobWorkItem, WorkKind
@@ -258,7 +260,7 @@ def test_broker_down_at_enqueue_keeps_the_job_for_the_reaper(sqlite_url, make_se
     MarketDataStore(settings.data_dir).merge("PLANTED", "1h",
                                              generate_ohlcv("planted", BARS, seed=1))
     job = _create(settings)
-    assert jobs.enqueue_job(job["job_id"], settings) is False  # logged, not raised
+    assert enqueue_job(job["job_id"], settings) is False  # logged, not raised
     later = utcnow() + timedelta(seconds=settings.job_lease_seconds + 1)
     with transaction(settings.database_url) as session:
         assert jobs.get_job(session, job["job_id"])["status"] == "queued"
@@ -358,10 +360,6 @@ def test_jobs_api_auth_and_bad_input(client, auth, market):
 
 # -- the executors in this process (no broker needed for these paths) -----------------
 def test_a_permanent_step_error_fails_the_job_naming_the_step(settings, market):
-    import shutil
-
-    from app.flows.pipeline import execute_stage
-
     job = _create(settings)
     shutil.rmtree(settings.data_dir / "PLANTED")  # the data vanished after validation
     assert execute_stage(settings, job["job_id"], "prepare", "test:1") == "failed"
@@ -377,10 +375,6 @@ def test_a_permanent_step_error_fails_the_job_naming_the_step(settings, market):
 
 
 def test_transient_database_errors_reach_celery_for_a_retry(make_settings):
-    from sqlalchemy.exc import OperationalError
-
-    from app.flows.pipeline import execute_stage, execute_work_item
-
     settings = make_settings("postgresql+psycopg://postgres@127.0.0.1:1/nothing")
     job_id = "3f2b1c9e-8f0a-4c1e-9b6a-2d7c1e0f9a11"
     # Not swallowed, not recorded as a failure: the task's autoretry_for backs off.

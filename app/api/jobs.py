@@ -143,7 +143,7 @@ def get_job(job_id: str) -> Any:
         except jobs.JobNotFound:
             # A strategy search started before jobs had kinds (migration 0005) has no
             # job row: its progress lives with the search.
-            from app.services.evolution.views import search_job  # lazy: start-up (pandas)
+            from app.services.evolution.views import search_job  # lazy: start-up (numpy)
 
             found = search_job(session, job_id)
             if found is None:

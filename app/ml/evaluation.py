@@ -23,6 +23,12 @@ model_type + params, retrained walk-forward on the SAME folds) rather than by sc
 stored model on the test window. Its stored model was trained on data that overlaps the
 challenger's test window, so scoring it there would be in-sample and flatter the
 champion; retraining on the same folds makes both out of sample on the same bars.
+
+Size (~870 lines, on purpose): configuration, dataset, folds, per-fold training, metrics,
+gate and champion comparison are one walk-forward contract whose no-look-ahead argument
+(above) spans all of them; each piece is a few dozen lines, used piece by piece by the
+pipeline, the strategy search and `run_walk_forward`. The strategy-rules backtest the
+pipeline and the search share lives in app.ml.oos.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import pandas as pd
 from app.core.config import DEFAULT_GATE
 from app.ml.backtest import run_backtest
 from app.ml.features import FEATURE_SET_VERSION, build_features, make_labels, normalize_windows
+from app.ml.lineage import build_lineage
 from app.ml.scoring import promotion_score
 from app.ml.trainers import Trainer, get_trainer
 
@@ -798,8 +805,6 @@ def run_walk_forward(
     `champion_margin`. fit_final: also train the deployable model on all rows
     (`report.model`). The trainer is validated first, so bad params fail before any work.
     """
-    from app.ml.lineage import build_lineage  # lineage pulls git/metadata: keep it off import
-
     cfg = cfg or EvaluationConfig()
     t_start = time.perf_counter()
     trainer = get_trainer(model_type)

@@ -56,6 +56,7 @@ the worker's main process, with `n_threads` = cores ÷ worker concurrency.
 from app.flows.pipeline.evaluate import decide_status, drift_lineage, evaluate_job
 from app.flows.pipeline.executors import (
     _fail,  # tests/test_ops_faults.py drives it as a cancelled pool process would
+    enqueue_job,
     execute_reap,
     execute_stage,
     execute_work_item,
@@ -74,6 +75,7 @@ from app.flows.pipeline.runtime import (
 
 __all__ = [
     "MAIN_PID_ENV", "THREADS_ENV", "LeaseKeeper", "PipelineError", "_fail", "decide_status",
-    "drift_lineage", "evaluate_job", "execute_reap", "execute_stage", "execute_work_item",
-    "is_transient", "load_dataset", "put_frame", "train_threads", "worker_identity",
+    "drift_lineage", "enqueue_job", "evaluate_job", "execute_reap", "execute_stage",
+    "execute_work_item", "is_transient", "load_dataset", "put_frame", "train_threads",
+    "worker_identity",
 ]

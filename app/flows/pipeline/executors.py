@@ -1,5 +1,5 @@
 """The executors the Celery tasks call (workers/tasks.py): one stage, one work item, one
-reaper pass, each by id.
+reaper pass, each by id; and `enqueue_job`, which publishes a job's pending work again.
 
 Owns the unit-of-work choreography around a task: claim (conditional UPDATE, its own
 transaction) → heartbeat thread renewing the lease → the stage's steps, each recorded in
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 
+from app.bus.producer import send
 from app.core.config import Settings
 from app.core.logs import job_logger
 from app.db import transaction
@@ -162,3 +163,13 @@ def execute_reap(settings: Settings) -> jobs.ReapResult:
         log.info("reaper: %d recovered, %d republished, %d failed",
                  len(result.recovered), len(result.redispatched), len(result.failed))
     return result
+
+
+def enqueue_job(job_id: str, settings: Settings) -> bool:
+    """Publish again what the job is waiting for (to the workers, a duplicate delivery,
+    which the claims make harmless). Reads in its own short transaction, then sends.
+    False when the broker could not be reached (the reaper publishes the work at its
+    dispatch deadline). Not needed to start a job: a created job publishes itself."""
+    with transaction(settings.database_url) as session:
+        dispatches = jobs.pending_dispatches(session, job_id)
+    return send(dispatches, settings) == len(dispatches)

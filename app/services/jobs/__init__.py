@@ -13,7 +13,7 @@ re-exports the public names so `from app.services import jobs; jobs.X` works):
 - creation.py   `create_training_job`, the one-active-job rule (`ActiveJobExists`)
 - evolve.py     the job row that mirrors a strategy search
 - state.py      claims, leases, steps, work items, the fan-in counter, succeed / fail
-- dispatch.py   task names and queues, `Dispatch`, dispatch deadlines, republish by id
+- dispatch.py   task names and queues, `Dispatch`, dispatch deadlines, what a job awaits
 - reaper.py     `reap`: lost leases and lost messages
 - views.py      the API shape, lists, counts, the facts behind the job metrics
 
@@ -46,7 +46,6 @@ from app.services.jobs.dispatch import (
     STAGE_TASKS,
     WORK_TASKS,
     Dispatch,
-    enqueue_job,
     item_dispatch,
     pending_dispatches,
     stage_dispatch,
@@ -112,7 +111,7 @@ __all__ = [
     "STRATEGY_KEYS", "WORK_TASKS", "ActiveJobExists", "Dispatch", "JobNotFound", "LeaseLost",
     "ReapResult", "TrainingRequest", "begin_step", "claim_stage", "claim_work_item",
     "complete_work_item", "create_evolve_job", "create_training_job", "data_window",
-    "end_step", "enqueue_job", "evolve_generation_completed", "evolve_generation_started",
+    "end_step", "evolve_generation_completed", "evolve_generation_started",
     "evolve_job_running", "evolve_step_name", "evolve_trial_recorded", "fail_job",
     "find_active_job", "finish_evolve_job", "finish_step", "get_job", "hold_stage_lease",
     "is_job_id", "item_dispatch", "job_counts", "job_snapshot", "job_to_dict", "list_jobs",

@@ -4,8 +4,8 @@ dispatch deadlines, and publishing after commit.
 Owns `STAGE_TASKS` / `WORK_TASKS` / `REAP_TASK` (the Celery task names the pipeline's
 workers register, and their queues), `Dispatch` (one task message, ids only),
 `stage_dispatch` / `item_dispatch`, the lease length and the dispatch deadline (with its
-backoff), and `pending_dispatches` / `enqueue_job` (what a job waits for right now,
-published again by id).
+backoff), and `pending_dispatches` (what a job waits for right now; app.flows.pipeline
+publishes it again by id).
 
 Every state change that needs a worker (app.services.jobs.creation, .state, .reaper)
 registers its messages with `app.bus.producer.send_after_commit` inside its transaction:
@@ -23,10 +23,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.bus.producer import send
-from app.core.config import Settings, get_settings
+from app.core.config import Settings
 from app.core.domain import JobStatus
-from app.db import transaction
 from app.models.jobs import (
     JobKind,
     JobStage,
@@ -107,17 +105,3 @@ def pending_dispatches(session: Session, job_id: str) -> list[Dispatch]:
         ).all()
         return [item_dispatch(job_id, i.kind, i.fold) for i in items]
     return []
-
-
-def enqueue_job(job_id: str, settings: Settings | None = None) -> bool:
-    """Publish again what the job is waiting for (a duplicate delivery, as far as the
-    workers can tell: the claims make it harmless). Its own unit of work: reads in a
-    short transaction, then sends. False when the broker could not be reached (the
-    reaper publishes the work at its dispatch deadline).
-
-    Not needed to start a job: `create_training_job` publishes it after its commit.
-    """
-    settings = settings or get_settings()
-    with transaction(settings.database_url) as session:
-        dispatches = pending_dispatches(session, job_id)
-    return send(dispatches, settings) == len(dispatches)

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.bus.events import job_event  # outbox: events commit with the change (app/bus/events.py)
+from app.bus.outbox import job_event  # outbox: events commit with the change (app/bus/outbox.py)
 from app.bus.producer import send_after_commit
 from app.core.config import Settings
 from app.core.domain import JobStatus

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from app.analysis.overfitting import return_moments
+from app.analysis.regime import regime_labels
 from app.core.timeutil import isoformat
 from app.ml.backtest import BacktestResult
 from app.ml.evaluation import (
@@ -93,35 +94,11 @@ class TrialResult:
     seconds: float
 
 
-def _fallback_regimes(frame: pd.DataFrame, window: int = 48) -> pd.Series:
-    """Causal volatility × trend labels: high/low vol (vs the expanding median of the
-    rolling vol) and up/down (sign of the window return). Uses bars <= t only."""
-    logc = np.log(frame["close"].astype(np.float64))
-    r1 = logc.diff()
-    vol = r1.rolling(window, min_periods=window // 2).std()
-    vol_median = vol.expanding(min_periods=window).median()
-    trend = logc - logc.shift(window)
-    high = (vol > vol_median).to_numpy()
-    up = (trend.fillna(0.0) >= 0).to_numpy()
-    labels = np.where(high, np.where(up, "high_vol_up", "high_vol_down"),
-                      np.where(up, "low_vol_up", "low_vol_down"))
-    labels = np.where(vol_median.isna().to_numpy(), "unknown", labels)
-    return pd.Series(labels, index=frame.index, name="regime")
-
-
 def regime_series(frame: pd.DataFrame) -> pd.Series:
-    """Causal regime label per bar: app.services.checks.regime.regime_labels when it exists (the
-    continuous-learning owner's labeller), else a volatility/trend fallback."""
-    try:
-        from app.services.checks.regime import regime_labels  # type: ignore[attr-defined]
-    except ImportError:
-        return _fallback_regimes(frame)
-    labels = regime_labels(frame)
-    if isinstance(labels, pd.DataFrame):
-        labels = labels["regime"] if "regime" in labels.columns else labels.iloc[:, 0]
-    series = pd.Series(labels, index=frame.index) if not isinstance(labels, pd.Series) \
-        else labels.reindex(frame.index)
-    return series.astype(object).where(series.notna(), "unknown").astype(str)
+    """Causal regime label per bar (app.analysis.regime.regime_labels, the one labeller;
+    "unknown" during its warm-up)."""
+    labels = regime_labels(frame).reindex(frame.index)
+    return labels.astype(object).where(labels.notna(), "unknown").astype(str)
 
 
 def _regime_metrics(

@@ -1,29 +1,28 @@
 """Performance of production models: paper trading on new bars, live reports, the guard.
 
-Owns `production_context` (a production version with everything needed to run it
-forward: artifact, feature windows, training window, thresholds), `recent_window` (its
-features and predictions on bars that arrived after its training), `run_paper_check`
-(the model run forward through the backtest → a paper `PerformanceReport`),
-`record_live_report` (realized results reported from outside, by API or event) and the
-optional auto-rollback guard.
+Owns `run_paper_check` (the production version run forward through the backtest → a
+paper `PerformanceReport`), the live report steps (`LiveReport`, the body of POST
+/clm/performance and of `performance.reported` events; `record_live_report` stores and
+judges one; `apply_rollback_guard` finishes it) and `list_reports`. The flows
+(app.flows.checks, app.flows.live) run these and then do what a degraded model causes
+elsewhere: arbitration, strategy variants.
 
 Degraded: rolling Sharpe below `degraded_sharpe` (0.5) over at least
-`performance_min_trades` trades starts a `performance_degraded` training (arbitrated by
-app.services.triggers). Guard (CLM_AUTO_ROLLBACK, off by default): when *live* rolling Sharpe of
-the production version falls below CLM_AUTO_ROLLBACK_SHARPE_FLOOR over the minimum number
-of trades, the previous production version is put back (`app.services.registry.rollback`, audited
-with the reason).
+`performance_min_trades` trades records a pending `performance_degraded` decision
+(app.services.triggers). Guard (CLM_AUTO_ROLLBACK, off by default): when *live* rolling
+Sharpe of the production version falls below CLM_AUTO_ROLLBACK_SHARPE_FLOOR over the
+minimum number of trades, the previous production version is put back
+(`app.services.registry.rollback`, audited with the reason).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -31,19 +30,24 @@ from sqlalchemy.orm import Session
 from app.core.config import Settings
 from app.core.domain import ModelStatus, timeframe_seconds
 from app.core.errors import Conflict, NotFound
-from app.core.timeutil import ensure_utc, isoformat
+from app.core.numbers import finite_or_none
+from app.core.timeutil import isoformat
 from app.ml.artifacts import ArtifactStore
+from app.ml.backtest import run_backtest
 from app.ml.data.store import MarketDataStore
-from app.models.continuous import PerformanceReport, TrackedModel
-from app.models.registry import ModelVersion
+from app.ml.evaluation import probabilities_to_positions
+from app.models.continuous import PerformanceReport
+from app.services import registry
+from app.services.production import production_context, recent_window
+from app.services.triggers import parse_model_id, record_request, slot_key, tracked_overrides
 
 __all__ = [
     "LIVE_WINDOW_DAYS",
+    "PAPER_WINDOW_BARS",
+    "LiveJudgement",
     "LiveReport",
-    "ProductionContext",
-    "production_context",
-    "production_model_ids",
-    "recent_window",
+    "apply_rollback_guard",
+    "list_reports",
     "record_live_report",
     "run_paper_check",
 ]
@@ -55,225 +59,11 @@ PAPER_WINDOW_BARS = 720
 _SECONDS_PER_YEAR = 365 * 86400
 
 
-@dataclass
-class MarketWindow:
-    """Bars after a version's training: raw frame, complete feature rows, predictions."""
-
-    frame: pd.DataFrame
-    features: pd.DataFrame
-    predictions: np.ndarray | None
-    start: datetime | None
-    end: datetime | None
-
-
-@dataclass
-class ProductionContext:
-    """The production version of a model and how to run it."""
-
-    settings: Settings
-    model_id: str
-    version: str
-    model_type: str
-    symbol: str
-    timeframe: str
-    regime: str | None
-    params: dict[str, Any]
-    lineage: dict[str, Any]
-    artifact_uri: str | None
-    artifact_sha256: str | None
-    created_at: datetime
-    artifacts: ArtifactStore
-    reference_source: str | None = None
-    _model: Any = field(default=None, repr=False)
-
-    # -- facts from lineage ------------------------------------------------------------
-    @property
-    def windows(self) -> dict[str, Any] | None:
-        return (self.lineage.get("features") or {}).get("windows")
-
-    def _dataset_ts(self, key: str) -> datetime | None:
-        value = (self.lineage.get("dataset") or {}).get(key)
-        if not value:
-            return None
-        try:
-            return ensure_utc(pd.Timestamp(value).to_pydatetime())
-        except (TypeError, ValueError):
-            return None
-
-    @property
-    def train_start(self) -> datetime | None:
-        return self._dataset_ts("first_timestamp")
-
-    @property
-    def train_end(self) -> datetime | None:
-        """Last bar of the training data (None for an externally registered version)."""
-        return self._dataset_ts("last_timestamp")
-
-    @property
-    def thresholds(self) -> tuple[float, float]:
-        """(long, short) probability thresholds the version was evaluated with."""
-        ev = self.lineage.get("evaluation") or {}
-        return (float(ev.get("long_threshold", self.settings.long_threshold)),
-                float(ev.get("short_threshold", self.settings.short_threshold)))
-
-    # -- data and model ----------------------------------------------------------------
-    def market(self, store: MarketDataStore | None) -> MarketDataStore:
-        return store or MarketDataStore(self.settings.data_dir)
-
-    def read_bars(self, store: MarketDataStore | None, *, start: datetime | None = None,
-                  end: datetime | None = None, last: int | None = None) -> pd.DataFrame:
-        """Bars of the model's series (DataNotFound when none); `last` keeps the tail
-        (read from the store's last bar backwards, not the whole history)."""
-        market = self.market(store)
-        if last and start is None:
-            coverage = market.coverage(self.symbol, self.timeframe)
-            if coverage is not None:
-                step = timedelta(seconds=timeframe_seconds(self.timeframe))
-                start = ensure_utc(pd.Timestamp(coverage.last).to_pydatetime()) - last * step
-        frame = market.read(self.symbol, self.timeframe, start=start, end=end)
-        return frame.iloc[-last:] if last else frame
-
-    @property
-    def checkable(self) -> str | None:
-        """Why the checks cannot run this version (None: they can). An externally
-        registered version has neither a model artifact nor a training window."""
-        if not self.artifact_uri:
-            return "the version has no model artifact (registered externally?)"
-        if self.train_end is None and not self.lineage.get("drift_reference"):
-            return "the version's lineage has no training window"
-        return None
-
-    def load_model(self) -> tuple[Any, Any]:
-        """(trainer, model) from the version's artifact, verified by sha256."""
-        from app.ml.trainers import get_trainer, load_model
-
-        if not self.artifact_uri:
-            raise LookupError(f"{self.model_id} {self.version} has no model artifact")
-        trainer = get_trainer(self.model_type)
-        if self._model is None:
-            self._model = load_model(self.artifacts, trainer, self.artifact_uri,
-                                     self.artifact_sha256)
-        return trainer, self._model
-
-    def predict(self, features: pd.DataFrame) -> np.ndarray:
-        trainer, model = self.load_model()
-        if features.empty:
-            return np.zeros(0)
-        x = features.astype(np.float32)
-        return np.asarray(trainer.predict_proba(model, x, n_threads=1), dtype=np.float64)
-
-    def drift_reference(self, store: MarketDataStore | None) -> dict[str, Any]:
-        """The reference stored at training (lineage "drift_reference"); for a version
-        without one, rebuilt from its training window (features + in-sample predictions)."""
-        from app.ml.features import build_features
-        from app.services.checks.drift import build_reference, load_reference
-
-        pointer = self.lineage.get("drift_reference")
-        if pointer:
-            self.reference_source = "lineage"
-            return load_reference(self.artifacts, pointer)
-        start, end = self.train_start, self.train_end
-        if start is None or end is None:
-            raise LookupError(f"{self.model_id} {self.version} has no drift reference and "
-                              "no training window in its lineage to rebuild one from")
-        frame = self.read_bars(store, start=start, end=end)
-        feats = build_features(frame, self.windows).dropna()
-        preds = None
-        try:
-            preds = self.predict(feats)
-        except (LookupError, ValueError, OSError):
-            preds = None
-        self.reference_source = "rebuilt"
-        return build_reference(feats, preds, windows=self.windows)
-
-    def training_regimes(self, store: MarketDataStore | None) -> dict[str, Any]:
-        """Regimes of the training data: lineage "training_regime", else recomputed."""
-        from app.services.checks.regime import summarize_regimes
-
-        stored = self.lineage.get("training_regime")
-        if stored:
-            return dict(stored)
-        start, end = self.train_start, self.train_end
-        if start is None or end is None:
-            return {}
-        return summarize_regimes(self.read_bars(store, start=start, end=end))
-
-
-def production_context(
-    session: Session, settings: Settings, model_id: str, *,
-    artifacts: ArtifactStore | None = None,
-) -> ProductionContext | None:
-    """The production version of `model_id` ready to run, or None when there is none."""
-    row = session.execute(
-        select(ModelVersion).where(ModelVersion.model_id == model_id,
-                                   ModelVersion.status == ModelStatus.PRODUCTION)
-    ).scalar_one_or_none()
-    if row is None:
-        return None
-    return ProductionContext(
-        settings=settings, model_id=row.model_id, version=row.version,
-        model_type=str(row.model_type), symbol=row.symbol, timeframe=row.timeframe,
-        regime=row.regime, params=dict(row.params or {}), lineage=dict(row.lineage or {}),
-        artifact_uri=row.artifact_uri, artifact_sha256=row.artifact_sha256,
-        created_at=ensure_utc(row.created_at),
-        artifacts=artifacts or ArtifactStore(settings.artifact_root),
-    )
-
-
-def production_model_ids(session: Session) -> list[str]:
-    """Model ids with a production version that are not untracked (the checks' work list;
-    one query)."""
-    disabled = select(TrackedModel.model_id).where(TrackedModel.enabled.is_(False))
-    return list(session.scalars(
-        select(ModelVersion.model_id)
-        .where(ModelVersion.status == ModelStatus.PRODUCTION,
-               ModelVersion.model_id.not_in(disabled))
-        .order_by(ModelVersion.model_id)
-    ))
-
-
-def recent_window(
-    ctx: ProductionContext, settings: Settings, *, store: MarketDataStore | None = None,
-    window_bars: int = PAPER_WINDOW_BARS, predict: bool = True,
-) -> MarketWindow:
-    """The latest `window_bars` bars after the version's training window, with complete
-    features (warm-up read from before the window) and the model's predictions.
-
-    A version without a known training window uses the latest bars.
-    """
-    from app.ml.features import build_features, warmup_bars
-
-    step = timedelta(seconds=timeframe_seconds(ctx.timeframe))
-    margin = (warmup_bars(ctx.windows) + 2) * step
-    end_ts = ctx.train_end
-    coverage = ctx.market(store).coverage(ctx.symbol, ctx.timeframe)
-    if coverage is None:
-        raise LookupError(f"no market data for {ctx.symbol} {ctx.timeframe}")
-    last = ensure_utc(pd.Timestamp(coverage.last).to_pydatetime())
-    start = last - (window_bars - 1) * step - margin
-    if end_ts is not None:
-        start = max(start, end_ts - margin)
-    frame = ctx.read_bars(store, start=start)
-    feats = build_features(frame, ctx.windows)
-    keep = feats.index > pd.Timestamp(end_ts) if end_ts is not None else \
-        np.ones(len(feats), dtype=bool)
-    feats = feats[keep].dropna().iloc[-window_bars:]
-    raw = frame.loc[feats.index]
-    preds = ctx.predict(feats) if predict and len(feats) else None
-    return MarketWindow(
-        frame=raw, features=feats, predictions=preds,
-        start=raw.index[0].to_pydatetime() if len(raw) else None,
-        end=raw.index[-1].to_pydatetime() if len(raw) else None,
-    )
-
-
 def _bars_per_year(timeframe: str) -> float:
     return _SECONDS_PER_YEAR / timeframe_seconds(timeframe)
 
 
 def _limits(session: Session, settings: Settings, model_id: str) -> tuple[float, int]:
-    from app.services.triggers import tracked_overrides
-
     over = tracked_overrides(session, model_id)
     return (float(over.get("degraded_sharpe", settings.degraded_sharpe)),
             int(over.get("min_trades", settings.performance_min_trades)))
@@ -293,13 +83,11 @@ def run_paper_check(
     """Run the production version forward on bars after its training (predict →
     positions with its thresholds → backtest with fees) and judge the result.
 
-    Writes a paper PerformanceReport; requests a `performance_degraded` training when its
-    Sharpe is below the degraded level over enough trades. None without production.
+    Writes a paper PerformanceReport; records a pending `performance_degraded` decision
+    when its Sharpe is below the degraded level over enough trades (the report's
+    `decision_id`; the caller arbitrates it and proposes strategy variants). None without
+    production.
     """
-    from app.ml.backtest import run_backtest
-    from app.ml.evaluation import probabilities_to_positions
-    from app.services.triggers import record_request, slot_key
-
     ctx = production_context(session, settings, model_id, artifacts=artifacts)
     if ctx is None:
         return None
@@ -324,12 +112,12 @@ def run_paper_check(
         slippage_bps=settings.slippage_bps, timestamps=window.frame.index,
     )
     metrics = dict(result.metrics)
-    sharpe = _finite_or_none(metrics.get("sharpe"))
+    sharpe = finite_or_none(metrics.get("sharpe"))
     trades = int(metrics.get("trades") or 0)
     degraded = trades >= min_trades and sharpe is not None and sharpe < degraded_sharpe
     report.period_start, report.period_end = window.start, window.end
     report.trades, report.sharpe = trades, sharpe
-    report.total_return = _finite_or_none(metrics.get("total_return"))
+    report.total_return = finite_or_none(metrics.get("total_return"))
     report.metrics = {**metrics, "bars": len(window.features)}
     report.rolling = {"sharpe": sharpe, "trades": trades, "bars": len(window.features),
                       "degraded": degraded, "degraded_sharpe": degraded_sharpe,
@@ -348,20 +136,7 @@ def run_paper_check(
         )
         report.decision_id = decision.id
         session.flush()
-        from app.services.evolution.service import propose_variants_on_degraded  # issue 7 seed
-
-        propose_variants_on_degraded(session, settings, model_id, now=now)
     return report.to_dict()
-
-
-def _finite_or_none(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
 
 
 # -- live -------------------------------------------------------------------------------
@@ -478,6 +253,18 @@ def _rolling_live(session: Session, model_id: str, version: str, now: datetime,
             "trades": trades, "sharpe": sharpe}
 
 
+@dataclass
+class LiveJudgement:
+    """A stored live report and its rolling judgement, before the guard ran
+    (`record_live_report` → variants, when degraded → `apply_rollback_guard`)."""
+
+    report: PerformanceReport
+    rolling: dict[str, Any]
+    degraded: bool
+    breach: bool
+    decision: dict[str, Any] | None = None
+
+
 def record_live_report(
     session: Session,
     settings: Settings,
@@ -486,16 +273,15 @@ def record_live_report(
     now: datetime,
     reported_by: str | None,
     event_id: str | None = None,
-) -> dict[str, Any]:
-    """Store a live report, judge the rolling window, request a `performance_degraded`
-    training when degraded, and apply the auto-rollback guard when enabled.
+) -> LiveJudgement:
+    """Store a live report, judge the rolling window and record a pending
+    `performance_degraded` decision when degraded. The report is finished by
+    `apply_rollback_guard` (app.flows.live runs both, proposing strategy variants for a
+    degraded model in between, as it always happened before the guard).
 
-    Returns {"report", "rolling", "decision"?, "rollback"?}. Raises NotFound for an
-    unknown model/version and Conflict when no version is named and none is in production.
+    Raises NotFound for an unknown model/version and Conflict when no version is named
+    and none is in production.
     """
-    from app.services import registry
-    from app.services.triggers import parse_model_id, record_request, slot_key
-
     _model_type, _symbol, timeframe = parse_model_id(body.model_id)
     if body.version is None:
         prod = registry.get_production(session, body.model_id)
@@ -513,8 +299,8 @@ def record_live_report(
     report = PerformanceReport(
         model_id=body.model_id, version=version, source="live", reported_at=now,
         period_start=body.period_start, period_end=body.period_end,
-        trades=int(metrics["trades"]), sharpe=_finite_or_none(metrics["sharpe"]),
-        total_return=_finite_or_none(metrics.get("total_return")), metrics=metrics,
+        trades=int(metrics["trades"]), sharpe=finite_or_none(metrics["sharpe"]),
+        total_return=finite_or_none(metrics.get("total_return")), metrics=metrics,
         returns={"returns": list(body.returns or []),
                  "trade_returns": list(body.trade_returns or [])},
         event_id=event_id, reported_by=reported_by,
@@ -532,8 +318,7 @@ def record_live_report(
                     "min_trades": min_trades, "production": is_production,
                     "guard": {"enabled": settings.auto_rollback, "floor": floor,
                               "breached": breach}})
-    out: dict[str, Any] = {"report": None, "rolling": rolling, "decision": None,
-                           "rollback": None}
+    judged = LiveJudgement(report=report, rolling=rolling, degraded=degraded, breach=breach)
     if degraded:
         decision = record_request(
             session, settings, model_id=body.model_id, reason="performance_degraded",
@@ -543,24 +328,35 @@ def record_live_report(
                      "sharpe": rolling["sharpe"], "trades": rolling["trades"]},
         )
         report.decision_id = decision.id
-        out["decision"] = decision.to_dict()
-        from app.services.evolution.service import propose_variants_on_degraded  # issue 7 seed
+        judged.decision = decision.to_dict()
+    return judged
 
-        propose_variants_on_degraded(session, settings, body.model_id, now=now)
-    if breach and settings.auto_rollback:
+
+def apply_rollback_guard(session: Session, settings: Settings, judged: LiveJudgement
+                         ) -> dict[str, Any]:
+    """Finish a judged live report: when the guard is enabled and breached, roll the model
+    back to its previous production version (audited); store the rolling judgement.
+
+    Returns {"report", "rolling", "decision", "rollback"} (the POST /clm/performance body).
+    """
+    report, rolling = judged.report, judged.rolling
+    floor = settings.auto_rollback_sharpe_floor
+    out: dict[str, Any] = {"report": None, "rolling": rolling, "decision": judged.decision,
+                           "rollback": None}
+    if judged.breach and settings.auto_rollback:
         reason = (f"auto-rollback guard: live rolling Sharpe {rolling['sharpe']:.3f} is below "
                   f"the floor {floor:g} over {rolling['trades']} trades "
                   f"(performance report {report.id})")
         try:
-            result = registry.rollback(session, body.model_id, actor="clm-performance-guard",
-                                       reason=reason)
+            result = registry.rollback(session, report.model_id,
+                                       actor="clm-performance-guard", reason=reason)
             out["rollback"] = {"rolled_back": True, "reason": reason,
                                "production": result["production"]["version"],
                                "retired": (result.get("retired") or {}).get("version")}
         except Conflict as exc:
             out["rollback"] = {"rolled_back": False, "reason": reason, "error": exc.detail}
         rolling["guard"]["rollback"] = out["rollback"]
-    report.degraded = degraded
+    report.degraded = judged.degraded
     report.rolling = rolling
     session.flush()
     out["report"] = report.to_dict()

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.bus.events import version_event  # outbox: events commit with the change
+from app.bus.outbox import version_event  # outbox: events commit with the change
 from app.core.domain import ModelStatus
 from app.core.errors import Conflict, NotFound
 from app.core.timeutil import utcnow

@@ -3,7 +3,7 @@
 Run: .venv/bin/python bench/bench_scheduler.py [--tracked N] [--baseline-tracked M]
      [--rows R] [--baseline-rows B] [--backend sqlite|postgresql|both] [--due-share F]
 
-Tick (app.services.triggers.run_tick, one transaction, best of 3): N explicitly tracked models
+Tick (app.flows.checks.run_tick, one transaction, best of 3): N explicitly tracked models
 (default 10,000; target < 1 s) against a baseline of M (default 100), on a fresh, migrated
 database. "steady" = nothing due (the common case: one query over the tracked set);
 "F due" = a share F (default 1 %) of the models is due in that tick, so their periodic
@@ -11,7 +11,7 @@ decisions are written and arbitrated (their jobs are refused — no market data 
 still walks the whole decision path). PostgreSQL needs CLM_TEST_PG_ADMIN_URL or a local
 server (postgresql://postgres@127.0.0.1:5432).
 
-Drift (app.services.checks.drift.compare_to_reference, best of 3): R feature rows
+Drift (app.analysis.drift.compare_to_reference, best of 3): R feature rows
 (default 1,000,000) ×
 all 18 features + a prediction column against a reference, vs a baseline of B rows
 (default 10,000). Target < 2 s. Building the 1M-row feature frame is reported separately:
@@ -98,11 +98,11 @@ def _seed_tracked(url: str, n: int, anchor: datetime, due: int) -> None:
 
 def bench_tick(backend: str, sizes: list[int], due_share: float, tmp: Path
                ) -> list[tuple[str, int, float, int]]:
-    from app.bus.events import set_relay_kicker
+    from app.bus.outbox import set_relay_kicker
     from app.core.config import load_settings
     from app.db import dispose_engines, transaction
+    from app.flows.checks import run_tick
     from app.models.continuous import TriggerDecision
-    from app.services.triggers import run_tick
 
     set_relay_kicker(None)
     out: list[tuple[str, int, float, int]] = []
@@ -147,9 +147,9 @@ def bench_tick(backend: str, sizes: list[int], due_share: float, tmp: Path
 
 # -- drift ------------------------------------------------------------------------------
 def bench_drift(rows: int, baseline: int) -> tuple[list[tuple[str, int, float]], float]:
+    from app.analysis.drift import build_reference, compare_to_reference
     from app.ml.data.synthetic import generate_ohlcv
     from app.ml.features import build_features
-    from app.services.checks.drift import build_reference, compare_to_reference
 
     t0 = time.perf_counter()
     frame = generate_ohlcv("random_walk", rows + 2000, "1h", seed=1)

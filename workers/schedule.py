@@ -21,7 +21,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": settings.reaper_interval_s,
             "options": {"queue": "default", "expires": max(settings.reaper_interval_s, 1.0)},
         },
-        # Continuous learning (app.services.triggers / drift / regime / performance / events): a
+        # Continuous learning (app.flows.checks: tick, drift/regime, performance, relay): a
         # fixed set whatever the number of tracked models; each reads the database to
         # decide what is due.
         "clm-scheduler-tick": {

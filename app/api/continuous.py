@@ -1,10 +1,10 @@
 """HTTP adapter for continuous learning: trigger decisions, tracked models, drift reports,
 live performance reports, regime champions and the event log.
 
-Thin: parse (pydantic, 422 naming the field), open the unit of work, call the services in
-app.services.triggers / app.services.checks.{drift,performance,regime} / app.bus.events,
-enqueue after
-commit. Viewers read, operators write.
+Thin: parse (pydantic, 422 naming the field), open the unit of work, call the services
+(app.services.triggers, app.services.checks.performance, app.bus.outbox) or, for a live
+report, the flow app.flows.live (jobs it starts publish themselves after the commit).
+Viewers read, operators write.
 """
 
 from __future__ import annotations
@@ -20,10 +20,13 @@ from app.api.pagination import PageQuery, decode_cursor, int_cursor, page
 from app.api.problems import unprocessable
 from app.api.schema import StrictModel, documented, parse_body, parse_query
 from app.api.security import current_actor, require_role
+from app.bus.outbox import list_events as outbox_events
 from app.core.config import Settings
 from app.core.domain import ModelType, Timeframe, TriggerReason
+from app.core.errors import NotFound
 from app.core.timeutil import utcnow
 from app.db import transaction
+from app.flows.live import report_live
 from app.models.continuous import (
     DeadLetter,
     DriftReport,
@@ -31,7 +34,8 @@ from app.models.continuous import (
     TrackingSource,
     TriggerOutcome,
 )
-from app.services.checks.performance import LiveReport
+from app.services import triggers
+from app.services.checks.performance import LiveReport, list_reports
 
 bp = Blueprint("continuous", __name__)
 TAG = "continuous"
@@ -79,12 +83,10 @@ class TriggerQuery(SinceQuery):
             "pending), newest first", role="viewer", query=TriggerQuery, tag=TAG)
 @require_role("viewer")
 def list_triggers() -> Any:
-    from app.services.triggers import list_decisions
-
     q = parse_query(TriggerQuery)
     before = _int_cursor(q.cursor)
     with transaction(_settings().database_url) as session:
-        rows = list_decisions(
+        rows = triggers.list_decisions(
             session, model_id=q.model_id, reason=q.reason.value if q.reason else None,
             outcome=q.outcome.value if q.outcome else None, job_id=q.job_id, since=q.since,
             before_id=before, limit=q.limit,
@@ -114,39 +116,19 @@ class TrackBody(StrictModel):
     params: dict[str, Any] | None = Field(None, description="trainer hyperparameters")
 
 
-def check_tracked_params(model_type: str, params: dict[str, Any] | None) -> None:
-    """Refuse (InvalidInput naming `params.<key>`) params the model type's trainer would
-    refuse at every retrain; without an installed trainer they cannot be checked yet."""
-    from app.core.errors import InvalidInput
-    from app.ml.trainers import InvalidParams, TrainerNotAvailable, get_trainer
-
-    if not params:
-        return
-    try:
-        trainer = get_trainer(model_type)
-    except TrainerNotAvailable:
-        return
-    try:
-        trainer.validate_params(dict(params))
-    except InvalidParams as exc:
-        raise InvalidInput(f"params.{exc.key}", str(exc)) from None
-
-
 @bp.get("/clm/tracked")
 @documented("Tracked models: every model with a production version plus those tracked "
             "explicitly, with interval, thresholds and next due time", role="viewer",
             query=TrackedQuery, tag=TAG)
 @require_role("viewer")
 def list_tracked() -> Any:
-    from app.services.triggers import list_tracked as service
-
     q = parse_query(TrackedQuery)
     after = decode_cursor(q.cursor)
     if after is not None and not isinstance(after, str):
         raise unprocessable("cursor", "not a cursor returned by this API")
     settings = _settings()
     with transaction(settings.database_url) as session:
-        items, keys = service(
+        items, keys = triggers.list_tracked(
             session, settings, model_id=q.model_id,
             model_type=q.model_type.value if q.model_type else None,
             source=q.source.value if q.source else None, after=after, limit=q.limit,
@@ -160,13 +142,11 @@ def list_tracked() -> Any:
             responses={200: "Updated", 201: "Tracked", 422: "Invalid body"}, tag=TAG)
 @require_role("operator")
 def track() -> Any:
-    from app.services.triggers import track_model
-
     body = parse_body(TrackBody)
-    check_tracked_params(body.model_type.value, body.params)
     settings = _settings()
     with transaction(settings.database_url, immediate=True) as session:
-        item, created = track_model(
+        # Params the trainer would refuse are refused first (422 naming params.<key>).
+        item, created = triggers.track_model(
             session, settings, model_type=body.model_type.value, symbol=body.symbol,
             timeframe=body.timeframe.value, interval_hours=body.interval_hours,
             drift_psi_threshold=body.drift_psi_threshold,
@@ -186,11 +166,9 @@ def track() -> Any:
             tag=TAG)
 @require_role("operator")
 def untrack(model_id: str) -> Any:
-    from app.services.triggers import untrack_model
-
     settings = _settings()
     with transaction(settings.database_url, immediate=True) as session:
-        out = untrack_model(session, settings, model_id, now=utcnow())
+        out = triggers.untrack_model(session, settings, model_id, now=utcnow())
     return jsonify(out)
 
 
@@ -230,8 +208,6 @@ def list_drift() -> Any:
             responses={200: "The report", 404: "Unknown report"}, tag=TAG)
 @require_role("viewer")
 def get_drift(report_id: str) -> Any:
-    from app.core.errors import NotFound
-
     # An id that cannot exist (not a digit string, or past the database's integer
     # range) is unknown: 404, never a database error.
     if not report_id.isascii() or not report_id.isdigit() or len(report_id) > 18:
@@ -258,25 +234,11 @@ class PerformanceQuery(PageQuery):
                        409: "No production version", 422: "Invalid body"}, tag=TAG)
 @require_role("operator")
 def report_performance() -> Any:
-    from app.services.checks.performance import record_live_report
-    from app.services.jobs import enqueue_job
-    from app.services.triggers import arbitrate
-
     body = parse_body(LiveReport)
     settings = _settings()
-    now = utcnow()
     with transaction(settings.database_url, immediate=True) as session:
-        out = record_live_report(session, settings, body, now=now,
-                                 reported_by=current_actor()[:120])
-        job_ids = (arbitrate(session, settings, now=now, model_ids=[body.model_id])
-                   if out["decision"] else [])
-        if out["decision"]:
-            from app.models.continuous import TriggerDecision
-
-            decision = session.get(TriggerDecision, out["decision"]["id"])
-            out["decision"] = decision.to_dict() if decision else out["decision"]
-    for job_id in job_ids:
-        enqueue_job(job_id, settings)
+        out = report_live(session, settings, body, now=utcnow(),
+                          reported_by=current_actor()[:120]).result
     response = jsonify(out)
     response.status_code = 201
     return response
@@ -287,8 +249,6 @@ def report_performance() -> Any:
             query=PerformanceQuery, tag=TAG)
 @require_role("viewer")
 def list_performance() -> Any:
-    from app.services.checks.performance import list_reports
-
     q = parse_query(PerformanceQuery)
     before = _int_cursor(q.cursor)
     with transaction(_settings().database_url) as session:
@@ -336,12 +296,10 @@ class EventQuery(SinceQuery):
             role="viewer", query=EventQuery, tag=TAG)
 @require_role("viewer")
 def list_events() -> Any:
-    from app.bus.events import list_events as service
-
     q = parse_query(EventQuery)
     before = _int_cursor(q.cursor)
     with transaction(_settings().database_url) as session:
-        rows = service(session, type=q.type, since=q.since, published=q.published,
+        rows = outbox_events(session, type=q.type, since=q.since, published=q.published,
                        before_id=before, limit=q.limit)
         items = [r.to_dict() for r in rows]
     return jsonify(page(items, [r["seq"] for r in items], q.limit))

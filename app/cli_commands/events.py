@@ -35,9 +35,10 @@ def consume(queue_name: str | None, max_messages: int | None,
             idle_timeout: float | None) -> None:
     """Consume drift.detected, performance.degraded, training.requested, regime.changed
     and performance.reported events (idempotent by event id)."""
-    from app.bus.events import INBOUND_QUEUE, INBOUND_TYPES, InboundResult
-    from app.bus.events import consume as run_consumer
+    # lazy: start-up (`clm --help` must not import the bus, the flows and the ML stack)
+    from app.bus.inbound import INBOUND_QUEUE, INBOUND_TYPES, InboundResult
     from app.core.config import get_settings
+    from app.flows.inbound import consume_events
     from app.migrate import assert_at_head
 
     settings = get_settings()
@@ -69,7 +70,7 @@ def consume(queue_name: str | None, max_messages: int | None,
     delay = 1.0
     while True:
         try:
-            handled += run_consumer(
+            handled += consume_events(
                 settings, queue_name=name,
                 max_messages=None if max_messages is None else max_messages - handled,
                 idle_timeout=idle_timeout, on_result=report, should_stop=should_stop)
@@ -133,7 +134,8 @@ class Heartbeat:
 @events.command("relay")
 def relay() -> None:
     """Publish every unpublished outbox event now (beat does this periodically)."""
-    from app.bus.events import relay_outbox
+    # lazy: start-up
+    from app.bus.relay import relay_outbox
     from app.core.config import get_settings
 
     result = relay_outbox(get_settings())

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
 
 import click
 
-from app.core.domain import TIMEFRAMES, ModelType
+from app.core.domain import TIMEFRAMES, ModelType, make_model_id
 
 
 @click.command()
@@ -36,6 +35,7 @@ def track(model_type: str, symbol: str, timeframe: str, interval_hours: float | 
           degraded_sharpe: float | None, min_trades: int | None, span_days: int | None,
           params_json: str | None) -> None:
     """Track MODEL_TYPE SYMBOL TIMEFRAME with its own interval and thresholds."""
+    # lazy: start-up (`clm --help` must not import the services and the ML stack)
     from app.core.config import get_settings
     from app.core.errors import DomainError
     from app.core.timeutil import utcnow
@@ -52,7 +52,7 @@ def track(model_type: str, symbol: str, timeframe: str, interval_hours: float | 
             raise click.BadParameter("must be a JSON object", param_hint="--params")
     settings = get_settings()
     try:
-        _check_params(model_type, params)
+        # track_model refuses params the trainer would refuse (as POST /clm/tracked).
         with transaction(settings.database_url, immediate=True) as session:
             item, created = track_model(
                 session, settings, model_type=model_type, symbol=symbol, timeframe=timeframe,
@@ -67,29 +67,16 @@ def track(model_type: str, symbol: str, timeframe: str, interval_hours: float | 
     click.echo(json.dumps({**item, "created": created}, indent=2))
 
 
-def _check_params(model_type: str, params: dict[str, Any] | None) -> None:
-    """Refuse params the trainer would refuse at every retrain (as POST /clm/tracked)."""
-    from app.core.errors import InvalidInput
-    from app.ml.trainers import InvalidParams, TrainerNotAvailable, get_trainer
-
-    if not params:
-        return
-    try:
-        trainer = get_trainer(model_type)
-    except TrainerNotAvailable:
-        return  # a plug-in installed later checks them at retrain time
-    try:
-        trainer.validate_params(dict(params))
-    except InvalidParams as exc:
-        raise InvalidInput(f"params.{exc.key}", str(exc)) from None
-
-
 @click.command()
 @click.argument("model", nargs=-1, required=True)
 def untrack(model: tuple[str, ...]) -> None:
     """Stop tracking MODEL: a model id (xgboost_btcusdt_1h) or MODEL_TYPE SYMBOL TIMEFRAME."""
+    # lazy: start-up (`clm --help` must not import the services and the ML stack)
     from app.core.config import get_settings
-    from app.core.domain import make_model_id
+    from app.core.errors import DomainError
+    from app.core.timeutil import utcnow
+    from app.db import transaction
+    from app.services.triggers import untrack_model
 
     if len(model) == 1:
         model_id = model[0]
@@ -101,11 +88,6 @@ def untrack(model: tuple[str, ...]) -> None:
     else:
         raise click.BadParameter("give a model id, or MODEL_TYPE SYMBOL TIMEFRAME",
                                  param_hint="MODEL")
-    from app.core.errors import DomainError
-    from app.core.timeutil import utcnow
-    from app.db import transaction
-    from app.services.triggers import untrack_model
-
     settings = get_settings()
     try:
         with transaction(settings.database_url, immediate=True) as session:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from app.bus.events import make_envelope
+from app.bus.outbox import make_envelope
 from app.ml.data.synthetic import generate_ohlcv
 from tests.support.continuous import make_production, seed_market, start
 from tests.support.workers import REPO, WorkerSpec, running_workers, wait_for
@@ -61,7 +61,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
 def test_external_drift_event_runs_a_job_and_announces_it(e2e, tmp_path):
     from kombu import Connection, Exchange, Producer, Queue, binding
 
-    from app.bus.events import inbound_queue
+    from app.bus.inbound import inbound_queue
 
     settings, client, viewer = e2e
     frame = generate_ohlcv("random_walk", 1500, "1h", seed=21, start=start(1500))

@@ -7,9 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.ml.data.synthetic import generate_ohlcv
-from app.ml.features import build_features
-from app.services.checks.drift import (
+from app.analysis.drift import (
     build_reference,
     compare_to_reference,
     distribution_summary,
@@ -18,13 +16,15 @@ from app.services.checks.drift import (
     psi,
     psi_noise,
 )
+from app.ml.data.synthetic import generate_ohlcv
+from app.ml.features import build_features
 from tests.support.continuous import make_production, seed_market, start
 
 
 @pytest.fixture(autouse=True)
 def _no_relay_kick():
     # These tests do not run workers: nothing should be sent to a broker after commits.
-    from app.bus.events import set_relay_kicker
+    from app.bus.outbox import set_relay_kicker
 
     set_relay_kicker(None)
     yield
@@ -72,7 +72,7 @@ def test_ks_is_an_effect_size_on_the_reference_grid():
 
 @pytest.mark.parametrize("kind", ["normal", "ties", "on_grid", "shifted"])
 def test_fast_binning_equals_binary_search(kind):
-    from app.services.checks.drift import grid_slots
+    from app.analysis.drift import grid_slots
 
     rng = np.random.default_rng(1)
     reference = rng.standard_t(3, 20_000)
@@ -163,8 +163,8 @@ def test_drift_check_on_unchanged_market_reports_no_drift(settings):
 def test_drift_check_on_shifted_market_reports_and_triggers(settings, client, auth):
     from app.core.timeutil import utcnow
     from app.db import transaction
+    from app.flows.training import arbitrate
     from app.services.checks.drift import run_drift_check
-    from app.services.triggers import arbitrate
 
     frame = _aligned(_shifted(vol=0.015), 2000)
     version = _production_on(settings, frame, 1500)

@@ -20,15 +20,17 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from app.bus.events import emit, make_envelope, process_inbound, relay_outbox
+from app.bus.outbox import emit, make_envelope
+from app.bus.relay import relay_outbox
 from app.db import transaction
+from app.flows.inbound import process_inbound
 from app.models.continuous import DeadLetter, InboxEvent, OutboxEvent
 from tests.support.workers import REPO
 
 
 @pytest.fixture(autouse=True)
 def _no_relay_kick():
-    from app.bus.events import set_relay_kicker
+    from app.bus.outbox import set_relay_kicker
 
     set_relay_kicker(None)
     yield
@@ -164,7 +166,7 @@ def test_relay_publishes_in_order_with_the_event_ids(bus_settings):
 _RELAY_THEN_DIE = """
 import os, signal
 from app.core.config import get_settings
-from app.bus.events import relay_outbox
+from app.bus.relay import relay_outbox
 die = lambda ids: os.kill(os.getpid(), signal.SIGKILL)
 relay_outbox(get_settings(), **{{"{hook}": die}})
 """
@@ -226,22 +228,25 @@ def _counts(settings) -> tuple[int, int]:
 
 
 def test_inbound_events_are_handled_once_by_id(settings, client, auth):
+    from app.models.jobs import TrainingJob
+
     v = _market_and_production(settings)
-    enqueued: list[str] = []
     drift = make_envelope("drift.detected", {"model_id": v["model_id"], "psi": 0.4},
                           source="monitor")
-    first = process_inbound(settings, json.dumps(drift).encode(), enqueue=enqueued.append)
+    first = process_inbound(settings, json.dumps(drift).encode())
     assert first.status == "processed" and len(first.job_ids) == 1
     assert first.outcome["outcome"] == "triggered"
-    again = process_inbound(settings, json.dumps(drift), enqueue=enqueued.append)
+    again = process_inbound(settings, json.dumps(drift))
     assert again.status == "duplicate" and again.job_ids == []
-    assert enqueued == first.job_ids and _counts(settings) == (1, 0)
+    assert _counts(settings) == (1, 0)
+    with transaction(settings.database_url) as session:  # the redelivery started nothing
+        assert session.scalars(select(TrainingJob.id)).all() == first.job_ids
 
     # A person asks for training while the drift job runs: recorded and coalesced.
     train = make_envelope("training.requested", {
         "model_type": "xgboost", "symbol": "btcusdt", "timeframe": "1h",
         "dataset_span_days": 60, "params": {"n_estimators": 10}})
-    manual = process_inbound(settings, train, enqueue=enqueued.append)
+    manual = process_inbound(settings, train)
     assert manual.status == "processed" and manual.outcome["outcome"] == "coalesced"
     assert manual.outcome["job_id"] == first.job_ids[0]
     decisions = client.get("/clm/triggers", headers=auth("viewer")).get_json()["items"]
@@ -274,8 +279,7 @@ def test_inbound_events_are_handled_once_by_id(settings, client, auth):
 def test_malformed_events_land_in_the_dead_letter_record(sqlite_url, make_settings, body,
                                                          reason):
     settings = make_settings(sqlite_url)
-    result = process_inbound(settings, body, routing_key="drift.detected",
-                             enqueue=lambda _: None)
+    result = process_inbound(settings, body, routing_key="drift.detected")
     assert result.status == "dead_letter" and reason in result.reason
     with transaction(settings.database_url) as session:
         [dead] = session.scalars(select(DeadLetter)).all()
@@ -292,10 +296,12 @@ def test_dead_letters_are_served_by_the_api(settings, client, auth):
 
 
 def test_consumer_reads_the_bus(redis_settings):
-    """`consume` on its durable queue: a valid and a malformed message, both acked."""
+    """`consume_events` on its durable queue: a valid and a malformed message, both acked."""
     from kombu import Connection, Producer
 
-    from app.bus.events import consume, exchange, inbound_queue
+    from app.bus.inbound import inbound_queue
+    from app.bus.relay import exchange
+    from app.flows.inbound import consume_events
 
     settings = redis_settings
     _market_and_production(settings)
@@ -308,7 +314,8 @@ def test_consumer_reads_the_bus(redis_settings):
         producer.publish("{broken", routing_key="drift.detected",
                          content_type="application/json", content_encoding="utf-8")
     results: list[Any] = []
-    handled = consume(settings, max_messages=2, idle_timeout=10, on_result=results.append)
+    handled = consume_events(settings, max_messages=2, idle_timeout=10,
+                             on_result=results.append)
     assert handled == 2
     assert [r.status for r in results] == ["processed", "dead_letter"]
     assert results[0].event_id == good["id"]
@@ -385,8 +392,8 @@ def test_live_report_by_event_is_idempotent(settings):
     _market_and_production(settings)
     envelope = make_envelope("performance.reported", _live([0.001, -0.002, 0.003],
                                                            trades=1))
-    assert process_inbound(settings, envelope, enqueue=lambda _: None).status == "processed"
-    assert process_inbound(settings, envelope, enqueue=lambda _: None).status == "duplicate"
+    assert process_inbound(settings, envelope).status == "processed"
+    assert process_inbound(settings, envelope).status == "duplicate"
     from app.models.continuous import PerformanceReport
 
     with transaction(settings.database_url) as session:

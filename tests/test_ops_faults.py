@@ -285,7 +285,8 @@ def running_consumer(settings: Settings, log_path: Path) -> Iterator[WorkerProce
     """`clm events consume` (its queue declared first), stopped on exit."""
     from kombu import Connection
 
-    from app.bus.events import exchange, inbound_queue
+    from app.bus.inbound import inbound_queue
+    from app.bus.relay import exchange
 
     with Connection(settings.broker_url) as conn:
         channel = conn.channel()
@@ -311,7 +312,7 @@ def publish_inbound(settings: Settings, body: str) -> None:
     """A raw message on the events exchange, as an external producer sends it."""
     from kombu import Connection, Producer
 
-    from app.bus.events import exchange
+    from app.bus.relay import exchange
 
     with Connection(settings.broker_url) as conn:
         Producer(conn.channel(), exchange=exchange(settings)).publish(

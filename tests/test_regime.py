@@ -8,14 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.ml.data.synthetic import generate_regime_series
-from app.services.checks.regime import (
+from app.analysis.regime import (
     classify_current,
     regime_labels,
     restrict_to_regime,
     summarize_regimes,
     volatility_threshold,
 )
+from app.ml.data.synthetic import generate_regime_series
 from tests.support.continuous import (
     make_production,
     seed_market,
@@ -26,7 +26,7 @@ from tests.support.pipeline import run_job_inline
 
 @pytest.fixture(autouse=True)
 def _no_relay_kick():
-    from app.bus.events import set_relay_kicker
+    from app.bus.outbox import set_relay_kicker
 
     set_relay_kicker(None)
     yield
@@ -87,6 +87,7 @@ def test_restrict_to_regime_keeps_only_that_regimes_rows():
     frame, _ = _switching(1500, 1500)
     dataset = prepare_dataset(frame, EvaluationConfig())
     wild = restrict_to_regime(dataset, frame, "volatile_flat")
+    assert type(wild) is type(dataset) and wild.feature_names == dataset.feature_names
     labels = regime_labels(frame).reindex(wild.timestamps)
     assert (labels == "volatile_flat").all()
     assert 500 < wild.n_rows < dataset.n_rows
@@ -139,10 +140,10 @@ def loose_gate(sqlite_url, make_settings):
 def test_switch_from_calm_to_volatile_produces_a_regime_specific_model(loose_gate):
     from app.core.timeutil import utcnow
     from app.db import transaction
+    from app.flows.training import arbitrate
     from app.models.continuous import RegimeChampion
     from app.services import registry
     from app.services.checks.regime import run_regime_check
-    from app.services.triggers import arbitrate
 
     settings = loose_gate
     frame, _ = _switching(1200, 2400)

@@ -14,14 +14,16 @@ import pytest
 from sqlalchemy import select
 
 from app.db import transaction
+from app.flows.checks import run_tick
+from app.flows.training import arbitrate
 from app.ml.data.synthetic import generate_ohlcv
-from app.services.triggers import arbitrate, record_request, run_tick
+from app.services.triggers import record_request
 from tests.support.continuous import seed_market, start
 
 
 @pytest.fixture(autouse=True)
 def _no_relay_kick():
-    from app.bus.events import set_relay_kicker
+    from app.bus.outbox import set_relay_kicker
 
     set_relay_kicker(None)
     yield

@@ -47,14 +47,15 @@ def make_production(
     The lineage is what the pipeline writes (app.ml.lineage.build_lineage) plus, with
     `with_reference`, the drift reference and training regimes. Returns the version dict.
     """
+    from app.analysis.drift import build_reference
+    from app.analysis.regime import summarize_regimes
     from app.db import transaction
     from app.ml.artifacts import ArtifactStore
+    from app.ml.drift_reference import save_reference
     from app.ml.evaluation import EvaluationConfig, prepare_dataset
     from app.ml.lineage import build_lineage
     from app.ml.trainers import get_trainer, save_model
     from app.services import registry
-    from app.services.checks.drift import build_reference, save_reference
-    from app.services.checks.regime import summarize_regimes
 
     store = ArtifactStore(settings.artifact_root)
     cfg = EvaluationConfig.from_settings(settings)

@@ -1,7 +1,8 @@
 """`clm data`: import OHLCV files into the market data store and list what it holds.
 
 A bad file exits with status 2, stores nothing, and prints `FILE:LINE: reason` on
-stderr. Only the data stack is imported (pandas, pyarrow), never web or queue code.
+stderr. Only the data stack is imported (pandas, pyarrow), never web or queue code, and
+only by the command that runs (lazy imports: `clm data --help` stays instant).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from app.core.config import get_settings
 from app.core.domain import TIMEFRAMES, normalize_symbol
 
 # Files above this size get a progress bar on stderr (small ones finish instantly).
@@ -41,7 +43,6 @@ def data() -> None:
 @click.option("--timeframe", required=True, type=click.Choice(list(TIMEFRAMES)))
 def import_file(file: Path, symbol: str, timeframe: str) -> None:
     """Validate FILE (CSV, Parquet or Binance kline CSV/zip) and merge it into the store."""
-    from app.core.config import get_settings
     from app.ml.data.importer import DataValidationError, format_seconds, load_ohlcv
     from app.ml.data.store import MarketDataStore, SeriesMismatch
 
@@ -105,7 +106,6 @@ def import_file(file: Path, symbol: str, timeframe: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON only")
 def list_series(as_json: bool) -> None:
     """Coverage of every stored symbol/timeframe."""
-    from app.core.config import get_settings
     from app.ml.data.store import MarketDataStore
 
     store = MarketDataStore(get_settings().data_dir)

@@ -7,7 +7,7 @@ planted 1h bars (20% held out), `--population` x `--generations` trials, seed 11
 trial trains with 1 thread (EvalSettings.n_threads=1) and each worker's OpenMP budget is 1
 (CLM_TRAIN_THREADS=1, as for any machine shared by several workers).
 
-1. Optimizer overhead (in-process, `service.drive_inline`, the units of work the tasks
+1. Optimizer overhead (in-process, `evolution.drive_inline`, the units of work the tasks
    run): per trial, the evaluation (walk-forward training + backtest) versus the search's
    own work — Optuna ask (study load + batched ask), Optuna tell, and CLM's bookkeeping
    (claim, lease renewals, recording, generation counters, Pareto front, coordinator
@@ -53,15 +53,15 @@ sys.path.insert(0, str(REPO))
 from sqlalchemy import create_engine, func, select, text
 
 from app import migrate
-from app.bus import evolution_dispatch as dispatch
+from app.bus import evolution_tasks
+from app.bus.producer import send
 from app.core.config import Settings, get_settings, load_settings
 from app.db import dispose_engines, transaction
+from app.flows import evolution
 from app.ml.evolution.space import SPACES, StrategySpace
 from app.models.evolution import StrategyCandidate, StrategySearch
-from app.services.evolution import (
-    search,
-    service,
-)
+from app.services.evolution import scoring, search, state
+from app.services.evolution.create import create_search
 from tests.support.workers import WorkerSpec, running_workers, wait_for
 from tests.test_evolution_search import planted_frame
 
@@ -130,7 +130,7 @@ def _environment(url: str, root: Path) -> tuple[Settings, dict[str, str]]:
 
 def _start(settings: Settings, args: argparse.Namespace, frame: Any) -> str:
     with transaction(settings.database_url) as session:
-        started = service.start_search(
+        started = create_search(
             session, settings, model_type="xgboost", symbol="BTCUSDT", timeframe="1h",
             dataset_span_days=max(1, args.bars // 24), frame=frame,
             population=args.population, generations=args.generations,
@@ -200,18 +200,18 @@ def overhead(args: argparse.Namespace, frame: Any, url: str, root: Path) -> Over
     timed(search, "tell_trial", "tell")
     # Where the storage allows it the tell runs inside the record's transaction (one
     # commit): it is timed as "tell" and taken out of "record" below.
-    timed(search, "tell_in_session", "tell")
+    timed(state, "tell_in_session", "tell")
     joint = search.can_tell_in_session(settings.database_url)
-    timed(service, "evaluate_strategy", "evaluate")
-    timed(service, "run_finish", "finish")
+    timed(scoring, "evaluate_strategy", "evaluate")
+    timed(evolution, "run_finish", "finish")
     # Parts of CLM's bookkeeping, shown separately (names as of this writing).
     for attr, name in (("_claim", "claim"), ("_heartbeat", "lease"), ("_record_trial", "record")):
-        if hasattr(service, attr):
-            timed(service, attr, name)
+        if hasattr(evolution, attr):
+            timed(evolution, attr, name)
     try:
         sid = _start(settings, args, frame)
         t0 = time.perf_counter()
-        result = service.drive_inline(settings, sid, timeout_s=3600)
+        result = evolution.drive_inline(settings, sid, timeout_s=3600)
         total = time.perf_counter() - t0
     finally:
         for owner, attr, original in reversed(originals):
@@ -265,7 +265,7 @@ def throughput(n_workers: int, args: argparse.Namespace, frame: Any, url: str,
         roots = [w.pid for w in procs]
         cpu0 = _tree_cpu_seconds(roots)
         t0 = time.time()
-        dispatch.publish([dispatch.advance(sid)], settings)
+        send([evolution_tasks.advance(sid)], settings)
         # The end is read from the database afterwards, so polling slowly costs no
         # accuracy and leaves the cores to the workers.
         wait_for(finished, timeout=3600, interval=0.5, what="the search")

@@ -13,14 +13,18 @@ import pandas as pd
 import pytest
 from sqlalchemy import select, text, update
 
-from app.bus import evolution_dispatch as dispatch
+from app.bus.evolution_tasks import NextSteps
 from app.core.config import Settings
 from app.core.timeutil import utcnow
 from app.db import transaction
+from app.flows import evolution
 from app.ml.evolution.space import ParamDef, StrategySpace
 from app.ml.features import DEFAULT_WINDOWS
 from app.models.evolution import CandidateStatus, SearchGeneration, StrategyCandidate
-from app.services.evolution import search, service
+from app.services.evolution import search
+from app.services.evolution.config import EvolutionConfig
+from app.services.evolution.create import create_search
+from app.services.evolution.views import list_candidates
 
 PLANTED_LAG = 40
 PLANTED_REGION = (34, 46)
@@ -62,14 +66,14 @@ def planted_space() -> StrategySpace:
 
 def _start(settings: Settings, frame: pd.DataFrame, **kw: Any) -> dict[str, Any]:
     with transaction(settings.database_url) as session:
-        return service.start_search(
+        return create_search(
             session, settings, model_type="xgboost", symbol="BTCUSDT", timeframe="1h",
             dataset_span_days=100, frame=frame, evaluation=FAST_EVAL, **kw)
 
 
 def _candidates(settings: Settings, search_id: str) -> list[dict[str, Any]]:
     with transaction(settings.database_url) as session:
-        items, _ = service.list_candidates(session, search_id=search_id, limit=500)
+        items, _ = list_candidates(session, search_id=search_id, limit=500)
     return items
 
 
@@ -78,7 +82,7 @@ def test_front_reaches_planted_region_and_hypervolume_grows(
     settings = make_settings(sqlite_url)
     started = _start(settings, planted_frame(), population=8, generations=4, seed=7,
                      base_space=planted_space())
-    result = service.drive_inline(settings, started["search_id"], timeout_s=240)
+    result = evolution.drive_inline(settings, started["search_id"], timeout_s=240)
     assert result["status"] == "succeeded"
     cands = _candidates(settings, started["search_id"])
     # every trial accounted for: 4 generations x 8, all evaluated or failed
@@ -120,7 +124,7 @@ def test_search_on_postgresql_shares_the_database_with_optuna(
     settings = make_settings(pg_url)
     started = _start(settings, planted_frame(1600), population=4, generations=2,
                      base_space=planted_space())
-    result = service.drive_inline(settings, started["search_id"], timeout_s=180)
+    result = evolution.drive_inline(settings, started["search_id"], timeout_s=180)
     assert result["status"] == "succeeded"
     assert result["trials_evaluated"] + result["trials_failed"] == 8
     with transaction(settings.database_url) as session:
@@ -139,38 +143,41 @@ def test_reaper_recovers_a_dead_trial_and_a_lost_coordinator(
     started = _start(settings, planted_frame(1600), population=4, generations=2,
                      base_space=planted_space())
     sid = started["search_id"]
-    trials = service.run_advance(settings, sid)
-    assert [d.task for d in trials] == [dispatch.EVALUATE_TASK] * 4
+    trials = evolution.run_advance(settings, sid, publish=False).trials
+    assert len(trials) == 4
     # A worker claims trial 0 and dies: its lease runs out with the trial "running".
-    job = service._claim(settings, trials[0].args[0], "dead-worker",
-                         service.EvolutionConfig.from_settings(settings))
+    job = evolution._claim(settings, trials[0], "dead-worker",
+                           EvolutionConfig.from_settings(settings))
     assert job is not None
-    for d in trials[1:]:
-        service.run_trial(settings, d.args[0])
-    assert service.reap(settings).dispatches == []  # lease still valid: nothing to do
+    for cid in trials[1:]:
+        evolution.run_trial(settings, cid, publish=False)
+    # Lease still valid: nothing to do.
+    assert evolution.reap(settings, publish=False).next_steps == NextSteps()
     later = utcnow() + timedelta(seconds=10)
-    report = service.reap(settings, now=later)
-    assert report.expired_trials == [trials[0].args[0]]
+    report = evolution.reap(settings, now=later, publish=False)
+    assert report.expired_trials == [trials[0]]
+    assert report.next_steps == NextSteps(trials=(trials[0],))
     # The "dead" worker wakes up late with a result: told and recorded go together, so
     # a worker that lost its lease neither records nor tells Optuna anything.
-    late = service._record_trial(settings, job, "dead-worker", {"sharpe": 9.0}, None,
-                                 [9.0, 0.0], {"evaluation_ok": 0.0}, None, 1.0,
-                                 tell_attrs={"clm_candidate_id": job["candidate_id"]})
-    assert late == []
+    late = evolution._record_trial(settings, job, "dead-worker", {"sharpe": 9.0}, None,
+                                   [9.0, 0.0], {"evaluation_ok": 0.0}, None, 1.0,
+                                   tell_attrs={"clm_candidate_id": job["candidate_id"]},
+                                   publish=False)
+    assert late == NextSteps()
     assert search.trial_state(settings.database_url, job["optuna_trial_id"]) == "RUNNING"
     # The re-published trial completes the generation; its advance message is "lost".
-    out = service.run_trial(settings, trials[0].args[0])
-    assert [d.task for d in out] == [dispatch.ADVANCE_TASK]
+    out = evolution.run_trial(settings, trials[0], publish=False)
+    assert out == NextSteps(searches=(sid,))
     with transaction(settings.database_url) as session:
-        cand = session.get(StrategyCandidate, trials[0].args[0])
+        cand = session.get(StrategyCandidate, trials[0])
         assert cand is not None and cand.attempts == 2 and cand.status == "evaluated"
         gen = session.get(SearchGeneration, (sid, 0))
         assert gen is not None and gen.completed_at is not None
         session.execute(update(SearchGeneration).values(
             completed_at=utcnow() - timedelta(seconds=60)))
-    report = service.reap(settings)
+    report = evolution.reap(settings, publish=False)
     assert report.advanced_searches == [sid]
-    result = service.drive_inline(settings, sid, timeout_s=120)
+    result = evolution.drive_inline(settings, sid, timeout_s=120)
     assert result["status"] == "succeeded" and result["trials_evaluated"] + \
         result["trials_failed"] == 8
     storage = search.storage_for(settings.database_url)
@@ -184,8 +191,8 @@ def test_reaper_recovers_a_dead_trial_and_a_lost_coordinator(
         if cand.objectives:
             assert told.values == list(cand.objectives.values())
     # A duplicate delivery of a finished trial or of the coordinator is a no-op.
-    assert service.run_trial(settings, trials[0].args[0]) == []
-    assert service.run_advance(settings, sid) == []
+    assert evolution.run_trial(settings, trials[0], publish=False) == NextSteps()
+    assert evolution.run_advance(settings, sid, publish=False) == NextSteps()
 
 
 def test_evaluation_error_fails_the_trial_not_the_search(
@@ -196,7 +203,7 @@ def test_evaluation_error_fails_the_trial_not_the_search(
     # 900-bar look-backs leave too few rows on 1,300 bars: those trials fail.
     started = _start(settings, planted_frame(1300), population=6, generations=1, seed=3,
                      base_space=space)
-    result = service.drive_inline(settings, started["search_id"], timeout_s=120)
+    result = evolution.drive_inline(settings, started["search_id"], timeout_s=120)
     cands = _candidates(settings, started["search_id"])
     failed = [c for c in cands if c["status"] == "failed"]
     assert result["status"] == "succeeded" and len(cands) == 6
@@ -231,7 +238,7 @@ def test_http_evolve_candidates_and_train(client: Any, auth: Callable[[str], dic
     resp = client.post("/clm/evolve", json=body, headers=auth("operator"))
     assert resp.status_code == 202, resp.get_json()
     sid, job_id = resp.get_json()["search_id"], resp.get_json()["job_id"]
-    service.drive_inline(settings, sid, timeout_s=180)
+    evolution.drive_inline(settings, sid, timeout_s=180)
 
     job = client.get(f"/clm/jobs/{job_id}", headers=auth("viewer"))
     assert job.status_code == 200 and job.get_json()["status"] == "succeeded"
@@ -278,6 +285,14 @@ def test_http_evolve_candidates_and_train(client: Any, auth: Callable[[str], dic
     assert tjob["model_id"] == "xgboost_btcusdt_1h" and tjob["status"] == "queued"
     again = client.post(f"/clm/candidates/{front[0]['id']}/train", headers=auth("operator"))
     assert again.status_code == 409  # the model already has an active job
+    assert again.get_json()["job_id"] == trained.get_json()["job_id"]
+    # Both requests are trigger decisions naming the candidate: one started the job, the
+    # other was coalesced into it.
+    decisions = client.get("/clm/triggers?model_id=xgboost_btcusdt_1h",
+                           headers=auth("viewer")).get_json()["items"]
+    assert sorted((d["outcome"], d["job_id"]) for d in decisions) == [
+        ("coalesced", trained.get_json()["job_id"]), ("triggered", trained.get_json()["job_id"])]
+    assert all(d["details"]["candidate_id"] == front[0]["id"] for d in decisions)
     with transaction(settings.database_url) as session:
         cand = session.get(StrategyCandidate, front[0]["id"])
         assert cand is not None and cand.training_job_id == trained.get_json()["job_id"]
@@ -286,3 +301,42 @@ def test_http_evolve_candidates_and_train(client: Any, auth: Callable[[str], dic
         assert pending == []
     spaces = client.get("/clm/strategy-spaces", headers=auth("viewer")).get_json()
     assert {"xgboost", "lightgbm"} <= set(spaces)
+
+
+# -- publishing after commit ------------------------------------------------------------
+def _published(settings: Settings) -> list[tuple[str, str, list[Any]]]:
+    """(task, queue, args) of every evolution task waiting in the embedded broker, oldest
+    first (the outbox relay's kicks left out)."""
+    import base64
+    import json
+
+    out = []
+    for path in sorted((settings.var_dir / "broker" / "queue").glob("*.msg")):
+        message = json.loads(path.read_text())
+        body = message["body"]
+        if message["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        task = message["headers"]["task"]
+        if task.startswith("clm.evolution."):
+            out.append((task, path.name.split(".")[-2], json.loads(body)[0]))
+    return out
+
+
+def test_units_of_work_publish_their_follow_ups_only_once_committed(
+        sqlite_url: str, make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(sqlite_url)
+    request = {"model_type": "xgboost", "symbol": "BTCUSDT", "timeframe": "1h",
+               "dataset_span_days": 100, "frame": planted_frame(1300), "evaluation": FAST_EVAL,
+               "population": 2, "generations": 1, "base_space": planted_space()}
+    with pytest.raises(RuntimeError), transaction(settings.database_url) as session:
+        evolution.start_search(session, settings, **request)
+        raise RuntimeError("the request fails after the search was created")
+    assert _published(settings) == []  # rolled back: nothing to work on, nothing sent
+    with transaction(settings.database_url) as session:
+        sid = evolution.start_search(session, settings, **request)["search_id"]
+    assert _published(settings) == [("clm.evolution.advance_search", "default", [sid])]
+
+    steps = evolution.run_advance(settings, sid)
+    assert len(steps.trials) == 2
+    assert _published(settings)[1:] == [("clm.evolution.evaluate_trial", "evaluate", [t])
+                                        for t in steps.trials]

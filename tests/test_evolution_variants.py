@@ -13,10 +13,13 @@ from sqlalchemy import select
 from app.core.config import Settings
 from app.core.timeutil import utcnow
 from app.db import transaction
+from app.flows import evolution
+from app.models.continuous import TriggerDecision, TriggerOutcome
 from app.models.evolution import StrategySearch
-from app.services.evolution import service
+from app.services.evolution.variants import base_params
+from app.services.evolution.views import get_candidate, list_candidates
 from tests.support.pipeline import run_job_inline
-from tests.test_evolution_search import planted_frame
+from tests.test_evolution_search import _published, planted_frame
 
 
 def test_variants_start_from_the_strategy_the_version_was_trained_with() -> None:
@@ -32,13 +35,13 @@ def test_variants_start_from_the_strategy_the_version_was_trained_with() -> None
                    "rules": {"entry_threshold": 0.61, "exit_threshold": 0.47,
                              "min_hold_bars": 6, "stop_loss": 0.02, "take_profit": 0.05,
                              "allow_short": True}}}}
-    base = service._base_params(space, version)
+    base = base_params(space, version)
     assert base["model_n_estimators"] == 120 and base["model_max_depth"] == 5
     assert base["window_returns"] == 36 and base["label_horizon"] == 4
     assert (base["entry_threshold"], base["exit_threshold"]) == (0.61, 0.47)
     assert (base["min_hold_bars"], base["stop_loss"], base["take_profit"]) == (6, 0.02, 0.05)
     # Values outside the declared space are snapped into it, not refused.
-    wild = service._base_params(space, {"lineage": {"strategy": {
+    wild = base_params(space, {"lineage": {"strategy": {
         "label_horizon": 99, "rules": {"stop_loss": 0.5}}}})
     assert wild["label_horizon"] == 12 and wild["stop_loss"] == 0.10
 
@@ -46,9 +49,10 @@ def test_variants_start_from_the_strategy_the_version_was_trained_with() -> None
 @pytest.mark.slow
 def test_degraded_model_gets_variants_and_one_is_trained_through_the_gate(
         sqlite_url: str, make_settings: Callable[..., Settings]) -> None:
+    from app.flows.live import record_live_report
     from app.ml.data.store import MarketDataStore
     from app.services import registry
-    from app.services.checks.performance import LiveReport, record_live_report
+    from app.services.checks.performance import LiveReport
 
     settings = make_settings(sqlite_url, CLM_EVOLUTION_VARIANTS=4,
                              CLM_PERFORMANCE_MIN_TRADES=5)
@@ -78,16 +82,18 @@ def test_degraded_model_gets_variants_and_one_is_trained_through_the_gate(
         assert len(searches) == 1 and searches[0].kind == "variants"
         sid = searches[0].id
         assert searches[0].source_model_version == v["version"]
+    # Its coordinator was published once the check's transaction committed.
+    assert _published(settings) == [("clm.evolution.advance_search", "default", [sid])]
     # The same degradation reported again does not start a second variant search.
     with transaction(settings.database_url) as session:
         record_live_report(session, settings, body, now=now + timedelta(minutes=1),
                            reported_by="test")
         assert len(session.scalars(select(StrategySearch.id)).all()) == 1
 
-    result = service.drive_inline(settings, sid, timeout_s=180)
+    result = evolution.drive_inline(settings, sid, timeout_s=180)
     assert result["status"] == "succeeded"
     with transaction(settings.database_url) as session:
-        cands, _ = service.list_candidates(session, search_id=sid)
+        cands, _ = list_candidates(session, search_id=sid)
     origins = sorted(c["origin"] for c in cands)
     assert origins.count("current") == 1 and origins.count("mutation") == 3
     current = next(c for c in cands if c["origin"] == "current")
@@ -107,5 +113,12 @@ def test_degraded_model_gets_variants_and_one_is_trained_through_the_gate(
     assert job["version"]
     chosen = next(c for c in cands if c["id"] == result["chosen_candidate_id"])
     with transaction(settings.database_url) as session:
-        assert service.get_candidate(session, chosen["id"])["training_job_id"] == \
+        assert get_candidate(session, chosen["id"])["training_job_id"] == \
             training["job_id"]
+        # The training was a trigger decision of its own, naming the candidate.
+        decision = session.scalars(select(TriggerDecision).where(
+            TriggerDecision.job_id == training["job_id"],
+            TriggerDecision.source == "evolution")).one()
+    assert decision.outcome == TriggerOutcome.TRIGGERED
+    assert decision.reason == "performance_degraded"
+    assert decision.details["candidate_id"] == chosen["id"]

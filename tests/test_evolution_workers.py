@@ -7,11 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from app.bus import evolution_dispatch as dispatch
+from app.bus import evolution_tasks
+from app.bus.producer import send
 from app.core.config import Settings
 from app.db import transaction
+from app.flows import evolution
 from app.ml.evolution.space import ParamDef, StrategySpace
-from app.services.evolution import service
+from app.services.evolution.create import create_search
+from app.services.evolution.views import get_search, list_candidates
 from tests.support.workers import WorkerSpec, running_workers, wait_for
 from tests.test_evolution_search import FAST_EVAL, TINY_WINDOWS, planted_frame
 
@@ -36,7 +39,7 @@ def test_search_survives_a_killed_worker(sqlite_url: str, make_settings: Callabl
                           fixed={"model_n_estimators": 150, "model_max_depth": 3},
                           base_windows=TINY_WINDOWS)
     with transaction(settings.database_url) as session:
-        started = service.start_search(
+        started = create_search(
             session, settings, model_type="xgboost", symbol="BTCUSDT", timeframe="1h",
             dataset_span_days=100, frame=planted_frame(2000), evaluation=FAST_EVAL,
             population=6, generations=2, base_space=space, seed=1)
@@ -44,7 +47,7 @@ def test_search_survives_a_killed_worker(sqlite_url: str, make_settings: Callabl
     specs = [WorkerSpec("evo-a", queues=("evaluate", "default")),
              WorkerSpec("evo-b", queues=("evaluate", "default"))]
     with running_workers(specs, log_dir=tmp_path / "logs") as (worker_a, worker_b):
-        dispatch.publish([dispatch.advance(sid)], settings)
+        send([evolution_tasks.advance(sid)], settings)
 
         def running_on_a() -> str | None:
             for c in _all(settings, sid):
@@ -63,9 +66,9 @@ def test_search_survives_a_killed_worker(sqlite_url: str, make_settings: Callabl
 
         def finished() -> bool:
             # The beat reaper's job, run from here: re-publish expired / lost work.
-            dispatch.publish(service.reap(settings).dispatches, settings)
+            evolution.reap(settings)
             with transaction(settings.database_url) as session:
-                return service.get_search(session, sid)["status"] == "succeeded"
+                return get_search(session, sid)["status"] == "succeeded"
 
         wait_for(finished, timeout=150, interval=0.5, what="the search to finish")
         assert worker_b.alive()
@@ -74,7 +77,7 @@ def test_search_survives_a_killed_worker(sqlite_url: str, make_settings: Callabl
     assert len(cands) == 12  # 2 generations x 6: every trial accounted for
     assert all(c["status"] in ("evaluated", "failed") for c in cands)
     with transaction(settings.database_url) as session:
-        search = service.get_search(session, sid)
+        search = get_search(session, sid)
     assert search["trials_evaluated"] + search["trials_failed"] == 12
     redone = next(c for c in cands if c["id"] == victim["id"])
     assert redone["status"] == "evaluated" and redone["attempts"] >= 2
@@ -86,5 +89,5 @@ def test_search_survives_a_killed_worker(sqlite_url: str, make_settings: Callabl
 
 def _all(settings: Settings, sid: str) -> list[dict]:
     with transaction(settings.database_url) as session:
-        items, _ = service.list_candidates(session, search_id=sid, limit=500)
+        items, _ = list_candidates(session, search_id=sid, limit=500)
     return items

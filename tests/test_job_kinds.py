@@ -1,6 +1,6 @@
 """Evolve jobs are real jobs, and POST /clm/train is a trigger decision.
 
-- A strategy search (POST /clm/evolve, app.services.evolution.service) creates a `kind=evolve` row
+- A strategy search (POST /clm/evolve, app.flows.evolution) creates a `kind=evolve` row
   in training_jobs whose status, progress (trials recorded / planned) and steps (one per
   generation) follow the search; GET /clm/jobs lists it and filters by kind.
 - The one-active-job rule covers train jobs only: a model may train while it is searched.
@@ -21,15 +21,16 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from app.bus import evolution_dispatch as dispatch
+from app.bus.evolution_tasks import NextSteps
 from app.core.config import Settings
 from app.core.timeutil import utcnow
 from app.db import transaction
+from app.flows import evolution
 from app.ml.data.store import MarketDataStore
 from app.models.continuous import TriggerDecision, TriggerOutcome
 from app.models.jobs import JobKind, JobStage, TrainingJob
 from app.services import jobs
-from app.services.evolution import service
+from app.services.evolution.create import create_search
 from tests.test_evolution_search import FAST_EVAL, planted_frame, planted_space
 
 MODEL_ID = "xgboost_btcusdt_1h"
@@ -38,7 +39,7 @@ MODEL_ID = "xgboost_btcusdt_1h"
 def _start_search(settings: Settings, *, population: int = 2, generations: int = 2,
                   frame: Any = None) -> dict[str, Any]:
     with transaction(settings.database_url) as session:
-        return service.start_search(
+        return create_search(
             session, settings, model_type="xgboost", symbol="BTCUSDT", timeframe="1h",
             dataset_span_days=50, frame=frame if frame is not None else planted_frame(1300),
             evaluation=FAST_EVAL, population=population, generations=generations,
@@ -67,28 +68,28 @@ def test_a_search_is_a_job_whose_status_and_progress_follow_it(settings: Setting
     assert job["progress"] == 0.0 and job["trials"] == {"total": 4, "done": 0}
 
     # Generation 0 asked: the job runs, its first step too.
-    trials = service.run_advance(settings, sid)
-    assert [d.task for d in trials] == [dispatch.EVALUATE_TASK] * 2
+    trials = evolution.run_advance(settings, sid, publish=False).trials
+    assert len(trials) == 2
     job = _job(settings, job_id)
     assert job["status"] == "running" and job["started_at"] is not None
     assert [s["status"] for s in job["steps"]] == ["running", "pending", "pending"]
     assert job["steps"][0]["detail"] == {"trials": 2}
 
     # One trial recorded: 1 of 4 planned trials.
-    assert service.run_trial(settings, trials[0].args[0]) == []
+    assert evolution.run_trial(settings, trials[0], publish=False) == NextSteps()
     assert _job(settings, job_id)["progress"] == 0.25
     # A duplicate delivery of that trial does not count twice.
-    assert service.run_trial(settings, trials[0].args[0]) == []
+    assert evolution.run_trial(settings, trials[0], publish=False) == NextSteps()
     assert _job(settings, job_id)["progress"] == 0.25
     # The trial completing generation 0 completes its step.
-    advance = service.run_trial(settings, trials[1].args[0])
-    assert [d.task for d in advance] == [dispatch.ADVANCE_TASK]
+    advance = evolution.run_trial(settings, trials[1], publish=False)
+    assert advance == NextSteps(searches=(sid,))
     job = _job(settings, job_id)
     assert job["progress"] == 0.5
     assert job["steps"][0]["status"] == "succeeded"
     assert job["steps"][0]["detail"]["evaluated"] + job["steps"][0]["detail"]["failed"] == 2
 
-    result = service.drive_inline(settings, sid, timeout_s=240)
+    result = evolution.drive_inline(settings, sid, timeout_s=240)
     assert result["status"] == "succeeded"
     job = _job(settings, job_id)
     assert job["status"] == "succeeded" and job["progress"] == 1.0

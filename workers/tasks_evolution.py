@@ -1,4 +1,4 @@
-"""Celery tasks of the strategy search: thin adapters over app.services.evolution.service, by id.
+"""Celery tasks of the strategy search: thin adapters over app.flows.evolution, by id.
 
 - `clm.evolution.advance_search(search_id)` (queue default): the coordinator — asks
   Optuna's NSGA-II for one generation and publishes one evaluation per trial, or
@@ -8,9 +8,10 @@
 - `clm.evolution.reap()` (beat): re-publishes trials whose lease expired (a killed
   worker), lost messages and searches that did not advance.
 
-Each service call owns its transactions; tasks publish what it returns after commit.
-Transient database errors are retried with backoff; a task redelivered after a worker
-died is safe (claims are conditional updates, Optuna tells are idempotent).
+Each flow owns its transactions and publishes what they made necessary after each
+commit; a task returns how many messages that was. Transient database errors are
+retried with backoff; a task redelivered after a worker died is safe (claims are
+conditional updates, Optuna tells are idempotent).
 
 The worker's main process imports what a trial needs (Optuna, the trainers' libraries,
 the feature and backtest code) and reads Optuna's schema revision before it forks its
@@ -30,9 +31,10 @@ from celery import Task
 from celery.signals import worker_init
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from app.bus import evolution_dispatch as dispatch
+from app.bus import evolution_tasks
 from app.core.config import get_settings
-from app.services.evolution import service
+from app.flows import evolution
+from app.services.evolution.search import optuna_schema_head
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -65,8 +67,6 @@ def _preload_before_fork(**_: object) -> None:
     try:
         # Optuna's newest schema revision (reading its migration scripts): computed once
         # here instead of in every pool child's first storage start-up.
-        from app.services.evolution.search import optuna_schema_head
-
         optuna_schema_head()
     except Exception as exc:  # optional speed-up: the child computes it when needed
         log.debug("preload: optuna schema head not computed (%s)", exc)
@@ -82,22 +82,20 @@ RETRY: dict[str, Any] = {
 }
 
 
-@app.task(bind=True, name=dispatch.ADVANCE_TASK, **RETRY)
+@app.task(bind=True, name=evolution_tasks.ADVANCE_TASK, **RETRY)
 def advance_search(self: Task, search_id: str) -> int:
-    """Ask the next generation (or finish); returns how many tasks were published."""
-    settings = get_settings()
-    return dispatch.publish(service.run_advance(settings, search_id), settings)
+    """Ask the next generation (or finish); returns how many tasks it published."""
+    return len(evolution.run_advance(get_settings(), search_id))
 
 
-@app.task(bind=True, name=dispatch.EVALUATE_TASK, **RETRY)
+@app.task(bind=True, name=evolution_tasks.EVALUATE_TASK, **RETRY)
 def evaluate_trial(self: Task, candidate_id: int) -> int:
-    """Evaluate one candidate walk-forward; returns how many tasks were published."""
-    settings = get_settings()
-    return dispatch.publish(service.run_trial(settings, int(candidate_id)), settings)
+    """Evaluate one candidate walk-forward; returns how many tasks it published."""
+    return len(evolution.run_trial(get_settings(), int(candidate_id)))
 
 
-@app.task(bind=True, name=dispatch.REAP_TASK, **RETRY)
+@app.task(bind=True, name=evolution_tasks.REAP_TASK, **RETRY)
 def reap(self: Task) -> int:
-    """Recover expired trials, lost messages and stalled searches."""
-    settings = get_settings()
-    return dispatch.publish(service.reap(settings).dispatches, settings)
+    """Recover expired trials, lost messages and stalled searches; returns how many tasks
+    it published again."""
+    return len(evolution.reap(get_settings()).next_steps)

@@ -1,8 +1,9 @@
 """HTTP adapter for strategy evolution: POST /clm/evolve, GET /clm/candidates,
 POST /clm/candidates/{id}/train, plus the search itself and the declared spaces.
 
-Thin: validate (pydantic, 422 naming the field), open the unit of work, call
-`app.services.evolution.service`, publish only after the transaction committed.
+Thin: validate (pydantic, 422 naming the field), open the unit of work, call the flow
+(`app.flows.evolution`: what it starts publishes itself after the commit) or a read
+(`app.services.evolution.views`), answer.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from app.api.pagination import PageQuery, int_cursor, page
 from app.api.problems import ApiProblem
 from app.api.schema import StrictModel, documented, parse_body, parse_query
 from app.api.security import current_actor, require_role
-from app.bus import evolution_dispatch as dispatch
 from app.core.config import Settings
 from app.core.domain import REGIME_PATTERN, ModelType, Timeframe
 from app.db import transaction
+from app.flows import evolution
 from app.ml.evolution.space import SPACES
 from app.models.evolution import CandidateStatus
 from app.services import jobs
-from app.services.evolution import service
+from app.services.evolution import views
+from app.services.evolution.config import MAX_GENERATIONS, MAX_POPULATION
 
 bp = Blueprint("evolution", __name__)
 
@@ -45,8 +47,8 @@ class EvolveBody(StrictModel):
     objectives: list[ObjectiveName] | None = Field(
         None, min_length=2, max_length=4,
         description='default ["sharpe", "max_drawdown"] (maximize Sharpe, minimize drawdown)')
-    population: StrictInt | None = Field(None, ge=2, le=service.MAX_POPULATION)
-    generations: StrictInt | None = Field(None, ge=1, le=service.MAX_GENERATIONS)
+    population: StrictInt | None = Field(None, ge=2, le=MAX_POPULATION)
+    generations: StrictInt | None = Field(None, ge=1, le=MAX_GENERATIONS)
     constraints: Constraints | None = Field(None, description="default: trades >= 50")
     space: dict[str, Any] | None = Field(
         None, description="narrow the declared space: {name: value} fixes a parameter, "
@@ -86,7 +88,7 @@ def evolve() -> Any:
     settings = _settings()
     # Reads (active searches, data) then writes: serialized on SQLite like /clm/train.
     with transaction(settings.database_url, immediate=True) as session:
-        result = service.start_search(
+        result = evolution.start_search(
             session, settings, model_type=body.model_type.value, symbol=body.symbol,
             timeframe=body.timeframe.value, dataset_span_days=body.dataset_span_days,
             objectives=body.objectives, population=body.population,
@@ -95,7 +97,6 @@ def evolve() -> Any:
             space=body.space, regime=body.regime, seed=body.seed,
             requested_by=current_actor()[:120],
         )
-    dispatch.publish([dispatch.advance(result["search_id"])], settings)
     response = jsonify({"job_id": result["job_id"], "search_id": result["search_id"],
                         "status": result["status"], "model_id": result["model_id"]})
     response.status_code = 202
@@ -110,7 +111,7 @@ def evolve() -> Any:
 @require_role("viewer")
 def get_search(search_id: str) -> Any:
     with transaction(_settings().database_url) as session:
-        return jsonify(service.get_search(session, search_id))
+        return jsonify(views.get_search(session, search_id))
 
 
 @bp.post("/clm/searches/<search_id>/resume")
@@ -119,7 +120,8 @@ def get_search(search_id: str) -> Any:
 @require_role("operator")
 def resume_search(search_id: str) -> Any:
     settings = _settings()
-    published = dispatch.publish(service.resume_search(settings, search_id), settings)
+    # Published after the flow's transaction committed; the count is of messages sent for.
+    published = len(evolution.resume_search(settings, search_id))
     response = jsonify({"search_id": search_id, "published": published})
     response.status_code = 202
     return response
@@ -133,7 +135,7 @@ def list_candidates() -> Any:
     q = parse_query(CandidateQuery)
     after = int_cursor(q.cursor)
     with transaction(_settings().database_url) as session:
-        items, keys = service.list_candidates(
+        items, keys = views.list_candidates(
             session, search_id=q.search_id, model_id=q.model_id,
             status=q.status.value if q.status else None, pareto=q.pareto,
             after_id=after, limit=q.limit)
@@ -147,7 +149,7 @@ def list_candidates() -> Any:
 def get_candidate(candidate_id: str) -> Any:
     cid = _candidate_id(candidate_id)
     with transaction(_settings().database_url) as session:
-        return jsonify(service.get_candidate(session, cid))
+        return jsonify(views.get_candidate(session, cid))
 
 
 @bp.post("/clm/candidates/<candidate_id>/train")
@@ -162,10 +164,15 @@ def get_candidate(candidate_id: str) -> Any:
 def train_candidate(candidate_id: str) -> Any:
     cid = _candidate_id(candidate_id)
     settings = _settings()
+    # immediate: read (is a job active?) then write, serialized on SQLite like /clm/train.
     with transaction(settings.database_url, immediate=True) as session:
-        job = service.train_candidate(session, settings, cid,
-                                      requested_by=current_actor()[:120])
-    jobs.enqueue_job(job["job_id"], settings)
+        outcome = evolution.train_candidate(
+            session, settings, cid, requested_by=current_actor()[:120], source="api",
+            details={"request": "POST /clm/candidates/{id}/train"})
+    if outcome.active_job_id is not None:  # answered once the coalesced decision committed
+        raise jobs.ActiveJobExists(outcome.active_job_id, outcome.decision.model_id)
+    job = outcome.job
+    assert job is not None
     response = jsonify({"job_id": job["job_id"], "status": job["status"],
                         "model_id": job["model_id"], "candidate_id": cid})
     response.status_code = 202

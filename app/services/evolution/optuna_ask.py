@@ -3,8 +3,9 @@ app/services/evolution/search.py for why Optuna and what each trial costs).
 
 Owns `ask_generation` (a whole generation sampled against one view of the study and
 written in one transaction, drawing the values `study.ask` + `suggest` would draw),
-`AskedTrial`, the recovery of each child's parents, and `CLM_GENERATION_ATTR` (CLM's
-generation tag on every asked trial, how a coordinator finds trials a crashed one asked).
+`AskedTrial`, the recovery of each child's parents, `CLM_GENERATION_ATTR` (CLM's
+generation tag on every asked trial) and `orphaned_trials` (by that tag, the trials a
+crashed coordinator asked but never recorded, adopted by the next one).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from app.services.evolution.optuna_storage import retry_transient
 
-__all__ = ["CLM_GENERATION_ATTR", "AskedTrial", "ask_generation"]
+__all__ = ["CLM_GENERATION_ATTR", "AskedTrial", "ask_generation", "orphaned_trials"]
 
 CLM_GENERATION_ATTR = "clm:generation"
 
@@ -280,3 +281,12 @@ def _ask_one_by_one(
             t._trial_id, CLM_GENERATION_ATTR, generation))
         asked.append(AskedTrial(trial.number, trial._trial_id, dict(trial.params), []))
     return asked
+
+
+def orphaned_trials(study: Any, generation: int) -> list[AskedTrial]:
+    """Trials a crashed coordinator asked for this generation but never recorded."""
+    from optuna.trial import TrialState
+
+    return [AskedTrial(t.number, t._trial_id, dict(t.params), [])
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.system_attrs.get(CLM_GENERATION_ATTR) == generation]

@@ -5,7 +5,7 @@ re-exports the public names of its three parts —
 - app/services/evolution/optuna_storage.py: `storage_for` (one RDBStorage per process
   and URL), `create_study` / `load_study`, `dispose_storages`, `optuna_schema_head`;
 - app/services/evolution/optuna_ask.py: `ask_generation` (one generation of trials,
-  params fixed at ask time), `AskedTrial`, `CLM_GENERATION_ATTR`;
+  params fixed at ask time), `AskedTrial`, `CLM_GENERATION_ATTR`, `orphaned_trials`;
 - app/services/evolution/optuna_tell.py: `tell_trial` (idempotent: a finished trial is
   never told twice), `tell_in_session`, `can_tell_in_session`, `trial_state`.
 Callers use `search.<name>` (looked up at call time, so the bench can time each call).
@@ -42,7 +42,12 @@ remains the fallback for other samplers or storages). They rely on Optuna's RDB 
 
 from __future__ import annotations
 
-from app.services.evolution.optuna_ask import CLM_GENERATION_ATTR, AskedTrial, ask_generation
+from app.services.evolution.optuna_ask import (
+    CLM_GENERATION_ATTR,
+    AskedTrial,
+    ask_generation,
+    orphaned_trials,
+)
 from app.services.evolution.optuna_storage import (
     create_study,
     dispose_storages,
@@ -68,6 +73,7 @@ __all__ = [
     "load_study",
     "make_sampler",
     "optuna_schema_head",
+    "orphaned_trials",
     "storage_for",
     "tell_in_session",
     "tell_trial",

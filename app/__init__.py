@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "3.1.0"
+from app.core.version import __version__
+
+__all__ = ["__version__", "create_app"]
 
 
 def create_app(settings: Any = None, *, check_schema: bool = True) -> Any:

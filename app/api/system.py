@@ -6,10 +6,10 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify
 
-from app import __version__
 from app.api.problems import problem_response
 from app.api.schema import build_openapi, documented
 from app.bus.broker import ping_broker
+from app.core.version import __version__
 from app.db import ping
 
 bp = Blueprint("system", __name__)

@@ -12,11 +12,11 @@ from typing import Any
 from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
-from app import __version__
 from app.bus.broker import queue_depths
 from app.core.config import Settings
 from app.core.domain import ModelStatus
 from app.core.timeutil import isoformat, utcnow
+from app.core.version import __version__
 from app.models.registry import ModelVersion
 from app.services import jobs, registry, triggers
 

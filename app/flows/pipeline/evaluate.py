@@ -14,15 +14,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from sqlalchemy.orm import Session
 
-from app.analysis.drift import build_reference
 from app.core.config import Settings
 from app.db import transaction
 from app.flows.pipeline.runtime import StageRun, clean, load_dataset, stores
 from app.ml.artifacts import ArtifactStore
-from app.ml.drift_reference import save_reference, training_lineage
+from app.ml.drift_reference import reference_lineage, training_lineage
 from app.ml.evaluation import (
     Dataset,
     EvaluationConfig,
@@ -120,19 +118,13 @@ def evaluate_job(settings: Settings, job: dict[str, Any],
 
 
 def drift_lineage(settings: Settings, dataset: Any, predictions: list[Any]) -> dict[str, Any]:
-    """The version's `drift_reference` lineage key, from data already in memory: every
+    """The version's `drift_reference` lineage key from data already in memory: every
     training row of the job's dataset and the walk-forward *out-of-sample* probabilities
-    in time order — exactly what
-    app.services.checks.drift.training_lineage builds after reading them
-    back from the artifacts. Returns {"drift_reference": pointer}."""
-    oos = [np.asarray(p.proba, dtype=np.float64) for p in ordered_predictions(predictions)]
-    reference = build_reference(
-        dataset.frame_X(), np.concatenate(oos) if oos else None, windows=dataset.windows,
-        train_start=dataset.timestamps[0] if dataset.n_rows else None,
-        train_end=dataset.timestamps[-1] if dataset.n_rows else None,
-    )
+    in time order (app.ml.drift_reference.reference_lineage, the one builder, which
+    `training_lineage` also uses after reading them back). Returns {"drift_reference": …}."""
     artifacts, _ = stores(settings)
-    return {"drift_reference": save_reference(artifacts, reference)}
+    return reference_lineage(artifacts, dataset,
+                             [p.proba for p in ordered_predictions(predictions)])
 
 
 def decide_status(evaluation: dict[str, Any], settings: Settings) -> tuple[str, str]:

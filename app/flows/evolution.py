@@ -132,9 +132,10 @@ def run_advance(settings: Settings, search_id: str, *, publish: bool = True) -> 
 # -- one trial --------------------------------------------------------------------------
 def _claim(settings: Settings, candidate_id: int, token: str,
            cfg: EvolutionConfig) -> dict[str, Any] | None:
+    now = utcnow()
     with transaction(settings.database_url, immediate=True) as session:
         return state.claim_candidate(session, candidate_id, token,
-                                     lease_s=cfg.trial_lease_s, now=utcnow())
+                                     lease_s=cfg.trial_lease_s, now=now)
 
 
 def _heartbeat(settings: Settings, candidate_id: int, token: str, cfg: EvolutionConfig) -> None:
@@ -181,11 +182,12 @@ def _record_trial(settings: Settings, job: Mapping[str, Any], token: str,
                   publish: bool = True) -> NextSteps:
     """Record the result (`state.record_trial`); the record completing its generation
     publishes the search's next advance."""
+    now = utcnow()
     with transaction(settings.database_url, immediate=True) as session:
         hv = state.record_trial(
             session, job, token, metrics=metrics, regime_metrics=regime_metrics,
             values=values, constraints=constraints, error=error, elapsed=elapsed,
-            now=utcnow(), tell_attrs=tell_attrs)
+            now=now, tell_attrs=tell_attrs)
         if hv is None:
             return NextSteps()
         steps = NextSteps.of(searches=[job["search_id"]])

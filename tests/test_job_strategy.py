@@ -8,7 +8,7 @@ same reference, built where the data already is.
 - The version's lineage names the strategy; the evaluation says positions came from the
   strategy's rules.
 - The drift reference the evaluate step builds from memory equals what
-  app.services.checks.drift.training_lineage builds by reading the artifacts back; the regime
+  app.ml.drift_reference.training_lineage builds by reading the artifacts back; the regime
   summary
   equals the one of the raw bars.
 - Strategy validation names the offending field.

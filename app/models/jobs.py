@@ -2,12 +2,12 @@
 parallel work items (walk-forward folds, champion folds, the final fit).
 
 The database is the source of truth for a job: the broker only carries its id. Every
-transition is a conditional UPDATE against these rows (see app/services/jobs.py), so at-least-once
+transition is a conditional UPDATE against these rows (see app/services/jobs/), so at-least-once
 delivery is safe. The partial unique index `uq_training_jobs_one_active` lets the database
 itself refuse a second queued/running *training* job for the same model_id.
 
 A job has a `kind`: `train` (the pipeline below) or `evolve` (a strategy search started by
-POST /clm/evolve; its state mirrors the search's, written by app.services.evolution.service through
+POST /clm/evolve; its state mirrors the search's, written by app.services.evolution.state through
 app.services.jobs, and its steps are the search's generations). A search may run while the model
 trains, so the one-active index covers `train` jobs only; several searches of one model
 may run at once. Only train jobs have stages, leases and work items that the jobs reaper
@@ -39,7 +39,7 @@ class JobKind(enum.StrEnum):
     """What a job runs."""
 
     TRAIN = "train"  # the training pipeline (stages, work items, a registered version)
-    EVOLVE = "evolve"  # a strategy search (app.evolution): status/progress mirror it
+    EVOLVE = "evolve"  # a strategy search (app.flows.evolution): status/progress mirror it
 
 
 class JobStage(enum.StrEnum):

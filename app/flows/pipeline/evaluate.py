@@ -156,7 +156,7 @@ def run_evaluate(run: StageRun) -> tuple[dict[str, Any], dict[str, Any]]:
         t0 = time.perf_counter()
         try:
             drift = drift_lineage(run.settings, loaded.dataset, loaded.predictions)
-        except Exception:  # like app.services.checks.drift.training_lineage: never fails the job
+        except Exception:  # like app.ml.drift_reference.training_lineage: never fails the job
             run.log.exception("could not build the drift reference")
             drift = {}
         rec.detail.update(passed=evaluation["passed"],

@@ -19,7 +19,7 @@ re-exports the public names so `from app.services import jobs; jobs.X` works):
 
 Two kinds of job share the table (`TrainingJob.kind`): `train` jobs run the pipeline
 below; `evolve` jobs are strategy searches (POST /clm/evolve) whose status, progress and
-steps (one per generation) app.services.evolution.service mirrors through `create_evolve_job`,
+steps (one per generation) app.services.evolution.state mirrors through `create_evolve_job`,
 `evolve_generation_started`, `evolve_trial_recorded`, `evolve_generation_completed` and
 `finish_evolve_job`. Only train jobs are claimed, leased and reaped here (the evolution
 reaper owns searches), and the one-active-job rule covers train jobs only.

@@ -94,7 +94,7 @@ def pending_dispatches(session: Session, job_id: str) -> list[Dispatch]:
     job = session.get(TrainingJob, job_id)
     if (job is None or job.kind != JobKind.TRAIN
             or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING)):
-        return []  # an evolve job is published by app.evolution (dispatch.advance)
+        return []  # an evolve job is published by app.flows.evolution
     if job.stage in STAGE_TASKS:
         return [stage_dispatch(job_id, job.stage)]
     if job.stage == JobStage.TRAIN:

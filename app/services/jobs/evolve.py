@@ -33,7 +33,7 @@ from app.services.jobs.views import get_job
 
 log = logging.getLogger("app.services.jobs")  # one logger for the whole job service
 
-# app.services.evolution.service calls these in the transactions where it changes the search, so
+# app.services.evolution.state calls these in the transactions where it changes the search, so
 # the job and the search commit together. Every write is conditional on the job being an
 # active evolve job: a duplicate delivery, or a search created before jobs had kinds (no
 # job row), changes nothing.

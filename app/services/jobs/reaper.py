@@ -59,7 +59,7 @@ def reap(session: Session, settings: Settings, now: datetime | None = None) -> R
     Safe to run concurrently (rows are locked with SKIP LOCKED on PostgreSQL; SQLite
     callers use an immediate transaction) and as often as wanted: everything it does is
     conditional on the deadline having passed. Train jobs only: an evolve job's liveness
-    is its search's, which app.services.evolution.service.reap looks after.
+    is its search's, which app.flows.evolution.reap looks after.
     """
     now = now or utcnow()
     out = ReapResult()

@@ -532,7 +532,7 @@ def fail_job(
         .execution_options(synchronize_session=False)
     )
     session.flush()
-    if job.kind == JobKind.TRAIN:  # a search announces itself (app.evolution)
+    if job.kind == JobKind.TRAIN:  # a search announces itself (app.flows.evolution)
         job_event(session, "training.failed", job, error=job.error, step=step)
     job_logger(log, job_id, step=step).warning("job failed: %s", error)
     return True

@@ -29,7 +29,7 @@ bench: venv
 # The whole system on one machine (web, workers, beat, events, flower) via the Procfile.
 up: venv
 	$(BIN)/clm db upgrade
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -p $${CLM_WEB_PORT:-8000}
 
 clean:
 	rm -rf var

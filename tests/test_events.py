@@ -21,9 +21,9 @@ import pytest
 from sqlalchemy import func, select
 
 from app.bus.outbox import emit, make_envelope
-from app.bus.relay import relay_outbox
 from app.db import transaction
 from app.flows.inbound import process_inbound
+from app.flows.outbox import relay_outbox
 from app.models.continuous import DeadLetter, InboxEvent, OutboxEvent
 from tests.support.workers import REPO
 
@@ -166,7 +166,7 @@ def test_relay_publishes_in_order_with_the_event_ids(bus_settings):
 _RELAY_THEN_DIE = """
 import os, signal
 from app.core.config import get_settings
-from app.bus.relay import relay_outbox
+from app.flows.outbox import relay_outbox
 die = lambda ids: os.kill(os.getpid(), signal.SIGKILL)
 relay_outbox(get_settings(), **{{"{hook}": die}})
 """

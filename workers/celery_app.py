@@ -14,6 +14,7 @@ from celery.signals import worker_process_init
 
 from app.bus.producer import celery_config
 from app.core.config import Settings, get_settings
+from app.db import dispose_engines
 from workers.schedule import beat_schedule
 
 TASK_MODULES = ["workers.tasks", "workers.tasks_continuous", "workers.tasks_evolution"]
@@ -31,8 +32,6 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
 @worker_process_init.connect
 def _after_fork(**_: object) -> None:
     # Connection pools and OpenMP state must not be shared with the parent process.
-    from app.db import dispose_engines
-
     dispose_engines()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 

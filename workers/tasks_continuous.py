@@ -57,5 +57,5 @@ def performance_check() -> dict[str, Any]:
 
 @app.task(name="clm.events.relay", **RETRY)
 def relay_events() -> dict[str, Any]:
-    """Publish the outbox (app.bus.relay.relay_outbox)."""
+    """Publish the outbox (app.flows.outbox.relay_outbox)."""
     return checks.relay(get_settings())

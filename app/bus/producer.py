@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from app.bus.broker import WORK_QUEUES, transport_options
 from app.core.config import Settings, get_settings
+from app.db import on_commit
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +146,6 @@ def send(messages: Iterable[Message], settings: Settings | None = None, *,
 def send_after_commit(session: Any, messages: Sequence[Message],
                       settings: Settings | None = None) -> None:
     """Publish `messages` once the transaction of `session` commits (dropped on rollback)."""
-    from app.db import on_commit
-
     if messages:
         batch = tuple(messages)
         on_commit(session, lambda: send(batch, settings))

@@ -3,13 +3,12 @@
 Owns the exchange (`exchange`: a durable kombu *topic* exchange,
 `settings.events_exchange`, routing key = event type), broker connections
 (`connection`), `Publisher` / `publisher` (persistent messages, message id = event id)
-and `relay_outbox`: unpublished rows are published in id order and only then marked
-published. A crash between publishing and marking republishes the same rows later:
+and `relay_batch`: unpublished rows are published in id order and only then marked
+published, in the caller's transaction (app.flows.outbox.relay_outbox runs the batches).
+A crash between publishing and marking republishes the same rows later:
 delivery is at-least-once and a duplicate carries the same id. One relay publishes at a
 time (a PostgreSQL advisory lock; SQLite's write lock), which keeps events in commit
-order per model. `relay_outbox` is its own unit of work (one short transaction per
-batch, holding the lock while it publishes): it is transport, not a use case, and is
-called by app.flows.checks.relay and `clm events relay`.
+order per model.
 """
 
 from __future__ import annotations
@@ -26,10 +25,9 @@ from sqlalchemy.orm import Session
 from app.bus.broker import transport_options
 from app.core.config import Settings
 from app.core.timeutil import utcnow
-from app.db import transaction
 from app.models.continuous import OutboxEvent
 
-__all__ = ["Publisher", "RelayResult", "connection", "exchange", "publisher", "relay_outbox"]
+__all__ = ["Publisher", "RelayResult", "connection", "exchange", "publisher", "relay_batch"]
 
 # Any 64-bit constant: the advisory lock that lets one relay publish at a time.
 _RELAY_LOCK_KEY = 0x434C4D5F52454C41
@@ -112,59 +110,56 @@ def _take_relay_lock(session: Session) -> bool:
     return True  # SQLite: BEGIN IMMEDIATE already made us the only writer
 
 
-def relay_outbox(
-    settings: Settings,
+def relay_batch(
+    session: Session,
+    pub: Publisher,
+    result: RelayResult,
     *,
     batch_size: int = 100,
-    max_batches: int | None = None,
     before_publish: Callable[[list[str]], None] | None = None,
     after_publish: Callable[[list[str]], None] | None = None,
-) -> RelayResult:
-    """Publish unpublished outbox rows in id order, then mark them; repeat until none.
+) -> bool:
+    """Publish up to `batch_size` unpublished outbox rows in id order and mark them, in
+    the caller's transaction (open it with `immediate=True`; it holds the relay lock
+    while it publishes). Adds to `result`; returns True when another batch may follow.
 
-    `before_publish(event_ids)` / `after_publish(event_ids)` run around publishing a batch,
-    before it is marked (instrumentation; tests crash the relay there to prove nothing is
-    lost and duplicates keep their id). A broker
-    failure stops the relay after marking what was published; the error is kept on the
-    row and the next relay retries it.
+    `before_publish(event_ids)` / `after_publish(event_ids)` run around publishing the
+    batch, before it is marked (instrumentation; tests crash the relay there to prove
+    nothing is lost and duplicates keep their id). A broker failure stops the batch
+    after marking what was published; the error is kept on the row and the next relay
+    retries it.
     """
-    result = RelayResult()
-    with publisher(settings) as pub:
-        while max_batches is None or result.batches < max_batches:
-            with transaction(settings.database_url, immediate=True) as session:
-                if not _take_relay_lock(session):
-                    result.skipped_locked = True
-                    break
-                rows = list(session.scalars(
-                    select(OutboxEvent).where(OutboxEvent.published_at.is_(None))
-                    .order_by(OutboxEvent.id).limit(batch_size)
-                ))
-                if not rows:
-                    break
-                if before_publish is not None:
-                    before_publish([r.event_id for r in rows])
-                done: list[OutboxEvent] = []
-                failed: OutboxEvent | None = None
-                for row in rows:
-                    try:
-                        pub.publish(row.envelope())
-                    except Exception as exc:  # recorded, retried by the next relay
-                        failed = row
-                        result.error = f"{type(exc).__name__}: {exc}"
-                        break
-                    done.append(row)
-                if after_publish is not None and done:
-                    after_publish([r.event_id for r in done])
-                now = utcnow()
-                for row in done:
-                    row.published_at = now
-                    row.publish_attempts = (row.publish_attempts or 0) + 1
-                    result.event_ids.append(row.event_id)
-                if failed is not None:
-                    failed.publish_attempts = (failed.publish_attempts or 0) + 1
-                    failed.last_error = result.error
-                result.published += len(done)
-                result.batches += 1
-            if failed is not None or len(rows) < batch_size:
-                break
-    return result
+    if not _take_relay_lock(session):
+        result.skipped_locked = True
+        return False
+    rows = list(session.scalars(
+        select(OutboxEvent).where(OutboxEvent.published_at.is_(None))
+        .order_by(OutboxEvent.id).limit(batch_size)
+    ))
+    if not rows:
+        return False
+    if before_publish is not None:
+        before_publish([r.event_id for r in rows])
+    done: list[OutboxEvent] = []
+    failed: OutboxEvent | None = None
+    for row in rows:
+        try:
+            pub.publish(row.envelope())
+        except Exception as exc:  # recorded, retried by the next relay
+            failed = row
+            result.error = f"{type(exc).__name__}: {exc}"
+            break
+        done.append(row)
+    if after_publish is not None and done:
+        after_publish([r.event_id for r in done])
+    now = utcnow()
+    for row in done:
+        row.published_at = now
+        row.publish_attempts = (row.publish_attempts or 0) + 1
+        result.event_ids.append(row.event_id)
+    if failed is not None:
+        failed.publish_attempts = (failed.publish_attempts or 0) + 1
+        failed.last_error = result.error
+    result.published += len(done)
+    result.batches += 1
+    return failed is None and len(rows) == batch_size

@@ -135,8 +135,8 @@ class Heartbeat:
 def relay() -> None:
     """Publish every unpublished outbox event now (beat does this periodically)."""
     # lazy: start-up
-    from app.bus.relay import relay_outbox
     from app.core.config import get_settings
+    from app.flows.outbox import relay_outbox
 
     result = relay_outbox(get_settings())
     click.echo(json.dumps({"published": result.published, "error": result.error}))

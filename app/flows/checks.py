@@ -10,7 +10,7 @@ summary), a small fixed set whatever the number of tracked models:
 - `performance_check`: paper performance of every tracked production model
   (app.services.checks.performance); a model judged degraded gets strategy variants
   proposed (app.services.evolution), in the same transaction as its report;
-- `relay`: publish the outbox (app.bus.relay.relay_outbox).
+- `relay`: publish the outbox (app.flows.outbox.relay_outbox).
 The model checks run one short transaction per model (one model's bad data never blocks
 the others), then arbitrate what they requested in one more. Each decides from the
 database what is due, so a second beat started by mistake only produces duplicate
@@ -28,12 +28,12 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from app.bus.relay import relay_outbox
 from app.core.config import Settings
 from app.core.timeutil import utcnow
 from app.db import transaction
 from app.flows import training
 from app.flows.evolution import propose_variants_on_degraded
+from app.flows.outbox import relay_outbox
 from app.services import triggers
 from app.services.checks.drift import run_drift_check
 from app.services.checks.performance import run_paper_check

@@ -18,13 +18,12 @@ import re
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:
-    from app.core.config import Settings
+from app.core.config import Settings
 
 __all__ = [
     "ArtifactCorrupt",

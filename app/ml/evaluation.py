@@ -38,20 +38,17 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from app.core.config import DEFAULT_GATE
+from app.core.config import DEFAULT_GATE, Settings
 from app.ml.backtest import run_backtest
 from app.ml.features import FEATURE_SET_VERSION, build_features, make_labels, normalize_windows
 from app.ml.lineage import build_lineage
 from app.ml.scoring import promotion_score
 from app.ml.trainers import Trainer, get_trainer
-
-if TYPE_CHECKING:
-    from app.core.config import Settings
 
 __all__ = [
     "GATE_CRITERIA",

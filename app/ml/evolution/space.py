@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from app.ml.features import DEFAULT_WINDOWS, normalize_windows
+from app.ml.trainers import InvalidParams, get_trainer
 
 __all__ = [
     "SPACES",
@@ -434,8 +435,6 @@ def decode(space: StrategySpace, params: Mapping[str, Any]) -> StrategyParams:
         allow_short=bool(rules.get("allow_short", True)),
     )
     if space.model_type in ("xgboost", "lightgbm") and model_params:
-        from app.ml.trainers import InvalidParams, get_trainer
-
         try:
             get_trainer(space.model_type).validate_params(model_params)
         except InvalidParams as exc:

@@ -17,12 +17,11 @@ import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from app.ml.artifacts import ArtifactRef, ArtifactStore
+from app.ml.artifacts import ArtifactRef, ArtifactStore
 
 __all__ = [
     "ENTRY_POINT_GROUP",

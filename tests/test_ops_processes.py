@@ -150,7 +150,9 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     log_path = root / "honcho.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [str(BIN / "honcho"), "-f", str(REPO / "Procfile"), "-d", str(root), "start"],
+            # honcho gives each process a $PORT (web's is the base port, -p), as `make up`
+            [str(BIN / "honcho"), "-f", str(REPO / "Procfile"), "-d", str(root), "start",
+             "-p", env["CLM_WEB_PORT"]],
             cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True)
     system = System(root, env, f"http://127.0.0.1:{env['CLM_WEB_PORT']}",

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.domain import TriggerReason, make_model_id, split_model_id
-from app.core.errors import NotFound
+from app.core.errors import InvalidInput, NotFound
 from app.core.timeutil import utcnow
 from app.models.continuous import TriggerDecision
 from app.services import jobs, triggers
@@ -79,11 +79,14 @@ def request_training(
     decision is recorded as rejected with the reason.
     """
     now = now or utcnow()
-    if model_id is None:
-        model_id = make_model_id(str(model_type), str(symbol), str(timeframe))
     if decide == "arbitrate":
         if dedupe_key is None:
             raise ValueError("an arbitrated training request needs a dedupe_key")
+        if model_id is None:
+            try:
+                model_id = make_model_id(str(model_type), str(symbol), str(timeframe))
+            except ValueError as exc:
+                raise InvalidInput("model", str(exc)) from None
         merged = dict(details or {})
         if strategy:
             merged["strategy"] = dict(strategy)
@@ -94,7 +97,7 @@ def request_training(
         started = arbitrate(session, settings, now=now, model_ids=[model_id])
         session.refresh(decision)
         return TrainingOutcome(decision=decision, started=started)
-    if model_type is None:
+    if model_type is None:  # named by model_id (the job validates type, symbol, timeframe)
         parts = split_model_id(model_id)
         if parts is None:
             raise NotFound(f"model {model_id!r} not found: not a model id")
@@ -103,7 +106,8 @@ def request_training(
         job = jobs.create_training_job(
             session, settings, model_type=str(model_type), symbol=str(symbol),
             timeframe=str(timeframe),
-            dataset_span_days=int(dataset_span_days or triggers.DEFAULT_DATASET_SPAN_DAYS),
+            dataset_span_days=(triggers.DEFAULT_DATASET_SPAN_DAYS if dataset_span_days is None
+                               else dataset_span_days),
             params=params, trigger_reason=reason, requested_by=requested_by, regime=regime,
             strategy=strategy, now=now)
     except jobs.ActiveJobExists as exc:

@@ -160,7 +160,8 @@ def build_openapi(app: Flask) -> dict[str, Any]:
             continue
         path = str(rule.rule)
         path_params = []
-        for arg in rule.arguments:
+        # In the order they appear in the path (rule.arguments is a set).
+        for arg in sorted(rule.arguments, key=lambda a, r=str(rule.rule): r.index(a)):
             path = path.replace(f"<{arg}>", f"{{{arg}}}")
             for conv in ("int", "string", "path"):
                 path = path.replace(f"<{conv}:{arg}>", f"{{{arg}}}")

@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from app.core.config import DEFAULT_GATE, Settings
+from app.core.numbers import number_or_none
 from app.ml.backtest import run_backtest
 from app.ml.features import FEATURE_SET_VERSION, build_features, make_labels, normalize_windows
 from app.ml.lineage import build_lineage
@@ -611,15 +612,6 @@ class GateResult:
         return asdict(self)
 
 
-def _as_number(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def apply_gate(metrics: Mapping[str, Any], gate: Mapping[str, Any] | None = None) -> GateResult:
     """Check metrics against gate thresholds (Settings.gate_for(model_type) shape).
 
@@ -630,16 +622,16 @@ def apply_gate(metrics: Mapping[str, Any], gate: Mapping[str, Any] | None = None
     for key, value in (gate or {}).items():
         if key not in DEFAULT_GATE:
             raise ValueError(f"unknown gate key {key!r}; known: {sorted(DEFAULT_GATE)}")
-        number = _as_number(value)
+        number = number_or_none(value)
         if number is None or math.isnan(number):
             raise ValueError(f"gate {key!r} must be a number, got {value!r}")
         thresholds[key] = number
     failed: list[dict[str, Any]] = []
-    trades = _as_number(metrics.get("trades")) or 0.0
+    trades = number_or_none(metrics.get("trades")) or 0.0
     for key, name, op in GATE_CRITERIA:
         raw = metrics.get(name)
         threshold = thresholds[key]
-        value = _as_number(raw)
+        value = number_or_none(raw)
         if name == "profit_factor" and raw is None and name in metrics and trades > 0:
             continue  # every trade won: an infinite profit factor clears any threshold
         if value is None or math.isnan(value):
@@ -682,10 +674,10 @@ def compare_champion(
     """Compare challenger and champion metrics on Sharpe (see ChampionComparison)."""
     if not (isinstance(margin, int | float) and math.isfinite(margin)):
         raise ValueError(f"margin must be a finite number, got {margin!r}")
-    ch = _as_number(challenger.get("sharpe"))
+    ch = number_or_none(challenger.get("sharpe"))
     if champion is None:
         return ChampionComparison(True, "no production version to beat", ch, None, margin, None)
-    cp = _as_number(champion.get("sharpe"))
+    cp = number_or_none(champion.get("sharpe"))
     if ch is None or math.isnan(ch):
         return ChampionComparison(False, "challenger has no usable Sharpe", ch, cp, margin, None)
     if cp is None or math.isnan(cp):

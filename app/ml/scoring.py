@@ -10,6 +10,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from app.core.numbers import number_or_none
+
 __all__ = ["SCORE_RAMPS", "SCORE_WEIGHTS", "promotion_score", "ramp"]
 
 # Seed weights: Sharpe 50%, win rate 30%, profit factor 20%.
@@ -33,15 +35,6 @@ def ramp(value: float | None, low: float, high: float) -> float:
     return (value - low) / (high - low)
 
 
-def _number(value: Any) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def promotion_score(metrics: Mapping[str, Any]) -> float:
     """Score a metrics object 0-100.
 
@@ -55,10 +48,10 @@ def promotion_score(metrics: Mapping[str, Any]) -> float:
         a perfect 1.0 ramp when trades > 0 (all winners), else 0 (no trades at all).
         An infinite profit factor also ramps to 1.
     """
-    sharpe = _number(metrics.get("sharpe"))
-    win_rate = _number(metrics.get("win_rate"))
-    pf = _number(metrics.get("profit_factor"))
-    trades = _number(metrics.get("trades")) or 0.0
+    sharpe = number_or_none(metrics.get("sharpe"))
+    win_rate = number_or_none(metrics.get("win_rate"))
+    pf = number_or_none(metrics.get("profit_factor"))
+    trades = number_or_none(metrics.get("trades")) or 0.0
 
     s = ramp(sharpe, *SCORE_RAMPS["sharpe"]) if sharpe is not None else 0.0
     w = ramp(win_rate, *SCORE_RAMPS["win_rate"]) if win_rate is not None else 0.0

@@ -148,6 +148,15 @@ def _claim_page(session: Session, *, after_id: int, limit: int) -> list[LiveScor
 
 # -- scoring ------------------------------------------------------------------------------
 @dataclass
+class _Window:
+    """New bars of one series with one feature set: features, closes, timestamps."""
+
+    x: pd.DataFrame
+    closes: list[float]
+    stamps: list[datetime]
+
+
+@dataclass
 class ScoreRun:
     """One scoring run's shared caches and counts (one per flow run)."""
 
@@ -155,7 +164,7 @@ class ScoreRun:
     market: MarketDataStore
     artifacts: ArtifactStore
     frames: dict[tuple[str, str], pd.DataFrame | None] = field(default_factory=dict)
-    features: dict[tuple[Any, ...], pd.DataFrame] = field(default_factory=dict)
+    features: dict[tuple[Any, ...], _Window] = field(default_factory=dict)
     predictions: dict[tuple[Any, ...], np.ndarray] = field(default_factory=dict)
     scored: int = 0
     bars: int = 0
@@ -224,31 +233,34 @@ def _score_one(run: ScoreRun, rec: LiveScore, frame: pd.DataFrame) -> list[dict[
         return []
     windows = setup["windows"]
     wkey = repr(sorted((k, tuple(v)) for k, v in windows.items()))
-    lo = max(0, i0 - lookback_bars(windows))
     fkey = (rec.symbol, rec.timeframe, wkey, i0, n)
-    feats = run.features.get(fkey)
-    if feats is None:
-        feats = build_features(frame.iloc[lo:n], windows).iloc[i0 - lo:]
-        feats = feats.dropna()
-        run.features[fkey] = feats
+    window = run.features.get(fkey)
+    if window is None:
+        lo = max(0, i0 - lookback_bars(windows))
+        feats = build_features(frame.iloc[lo:n], windows).iloc[i0 - lo:].dropna()
+        window = _Window(
+            x=feats.astype(np.float32),
+            closes=frame["close"].reindex(feats.index).to_numpy(dtype=np.float64).tolist(),
+            stamps=[ts.to_pydatetime() for ts in feats.index])
+        run.features[fkey] = window
         run.feature_builds += 1
-    if feats.empty:
+    if not window.stamps:
         return []
     pkey = (setup["artifact_sha256"], fkey)
     proba = run.predictions.get(pkey)
     if proba is None:
         trainer, model = _model(run, setup)
-        proba = np.asarray(trainer.predict_proba(model, feats.astype(np.float32), n_threads=1),
+        proba = np.asarray(trainer.predict_proba(model, window.x, n_threads=1),
                            dtype=np.float64)
         run.predictions[pkey] = proba
         run.predict_calls += 1
-    closes = frame["close"].reindex(feats.index).to_numpy(dtype=np.float64)
+    closes, stamps = window.closes, window.stamps
     state = rec.state or {}
     rules = setup.get("rules")
     if rules is not None:
         tr = TradingRules(**rules)
         rs = RuleState.from_dict(state.get("rules"))
-        positions = [rs.step(float(p), float(c), tr) for p, c in zip(proba, closes, strict=True)]
+        positions = [rs.step(p, c, tr) for p, c in zip(proba.tolist(), closes, strict=True)]
         rule_state: dict[str, Any] | None = rs.to_dict()
     else:
         positions = probabilities_to_positions(
@@ -257,8 +269,7 @@ def _score_one(run: ScoreRun, rec: LiveScore, frame: pd.DataFrame) -> list[dict[
     book = (LiveBook.from_dict(state["book"]) if state.get("book") else
             LiveBook(cost=(setup["fee_bps"] + setup["slippage_bps"]) / 1e4,
                      periods_per_year=setup["periods_per_year"]))
-    equity = book.advance(closes.tolist(), positions)
-    stamps = [ts.to_pydatetime() for ts in feats.index]
+    equity = book.advance(closes, positions)
     metrics = book.metrics() or {}
     rec.state = {"book": book.to_dict(), "rules": rule_state}
     if rec.since is None:

@@ -40,7 +40,7 @@ from app.core.timeutil import utcnow
 from app.db import transaction
 from app.models.continuous import DriftReport
 from app.models.registry import AuditEntry, ModelVersion
-from app.services import jobs
+from app.services import jobs, live_scores
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class FleetCollector(Collector):
                 yield from _registry_metrics(session, self.settings)
                 yield from drift_metrics(session, self.settings)
                 yield from job_metrics(session, self.settings)
+                yield from live_metrics(session)
         except Exception as exc:  # a scrape must still answer while the database is down
             log.warning("metrics: database not readable: %s", exc)
             up = GaugeMetricFamily("clm_database_up", "1 when the database answered")
@@ -179,6 +180,28 @@ def drift_metrics(session: Any, settings: Settings) -> Iterator[Metric]:
     ):
         outcomes.add_metric([str(status), "true" if drifted else "false"], float(count))
     yield outcomes
+
+
+def live_metrics(session: Any) -> Iterator[Metric]:
+    """Live records of every scored version (production, candidate, shadow): Sharpe and
+    max drawdown of its paper trades on bars after its training, and bars scored."""
+    labels = ["model_id", "version", "status"]
+    sharpe = GaugeMetricFamily("clm_live_sharpe",
+                               "Sharpe of the version's live record (bars after training)",
+                               labels=labels)
+    drawdown = GaugeMetricFamily("clm_live_max_drawdown",
+                                 "Max drawdown (0-1) of the version's live record",
+                                 labels=labels)
+    bars = GaugeMetricFamily("clm_live_bars", "Bars scored in the version's live record",
+                             labels=labels)
+    for model_id, version, status, sh, dd, n in live_scores.live_metric_rows(session):
+        key = [model_id, version, status]
+        if sh is not None:
+            sharpe.add_metric(key, float(sh))
+        if dd is not None:
+            drawdown.add_metric(key, float(dd))
+        bars.add_metric(key, float(n))
+    yield from (sharpe, drawdown, bars)
 
 
 _JOB_METRICS_WINDOW = timedelta(days=7)  # duration histograms cover recent jobs only

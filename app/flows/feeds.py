@@ -26,7 +26,7 @@ from app.core.config import Settings
 from app.core.domain import timeframe_seconds
 from app.core.timeutil import utcnow
 from app.db import transaction
-from app.ml.data.binance import PAGE_LIMIT, BinanceClient, BinanceError, FeedPageError, closed_pages
+from app.ml.data.binance import BinanceClient, BinanceError, FeedPageError, closed_pages
 from app.ml.data.dropfolder import poll_folder
 from app.ml.data.store import MarketDataStore, SeriesMismatch
 from app.models.feeds import FeedKind
@@ -97,7 +97,7 @@ def _poll_binance(settings: Settings, store: MarketDataStore, feed_id: int, owne
     if coverage is not None:
         start_ms = int(coverage.last.value // 1_000_000) + bar_ms
     else:  # a new series: the latest page of closed bars
-        start_ms = (now_ms // bar_ms - PAGE_LIMIT) * bar_ms
+        start_ms = (now_ms // bar_ms - client.page_limit) * bar_ms
     added = pages = 0
     error: str | None = None
     try:

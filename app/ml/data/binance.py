@@ -67,12 +67,14 @@ class BinanceClient:
     max_retries: int = 5
     max_wait_s: float = 60.0
     backoff_s: float = 0.5
+    page_limit: int = PAGE_LIMIT  # Binance allows up to 1000; tests page with fewer
     sleep: Callable[[float], None] = time.sleep
     requests_made: int = 0
     waited_s: float = 0.0
 
-    def klines(self, market: str, interval: str, start_ms: int, limit: int = PAGE_LIMIT
+    def klines(self, market: str, interval: str, start_ms: int, limit: int | None = None
                ) -> list[Any]:
+        limit = limit or self.page_limit
         query = urllib.parse.urlencode(
             {"symbol": market, "interval": interval, "startTime": start_ms, "limit": limit})
         url = f"{self.base_url.rstrip('/')}/api/v3/klines?{query}"
@@ -204,7 +206,7 @@ def closed_pages(
         if start + bar_ms > now_ms:  # the next bar has not closed yet
             return
         label = f"binance {market} {timeframe} page from {_iso_ms(start)}"
-        rows = client.klines(market, timeframe, start, PAGE_LIMIT)
+        rows = client.klines(market, timeframe, start, client.page_limit)
         frame, open_left_out = parse_page(label, rows, timeframe, now_ms)
         if frame is None:
             return
@@ -212,7 +214,7 @@ def closed_pages(
             raise FeedPageError(f"{label}: the first kline {frame.index[0].isoformat()} is "
                                 "before the startTime asked for")
         yield Page(frame, start, open_left_out)
-        if open_left_out or len(rows) < PAGE_LIMIT:
+        if open_left_out or len(rows) < client.page_limit:
             return
         start = int(frame.index[-1].value // 1_000_000) + bar_ms
 

@@ -83,8 +83,7 @@ def poll_folder(folder: Path | str, store: MarketDataStore, symbol: str, timefra
         where = f"{path.name}:{line}" if line is not None else path.name
         moved = _move(path, root / REJECTED)
         note = moved.with_name(moved.name + ".rejected")
-        note.write_text(f"{where}: {reason}\n" + (
-            f"line {line}: {reason}\n" if line is not None else f"{reason}\n"))
+        note.write_text(f"{where}: {reason}\n")
         result.rejected.append(f"{where}: {reason}")
     return result
 

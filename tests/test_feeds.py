@@ -344,8 +344,8 @@ def test_api_lists_adds_and_removes_feeds(lite, tmp_path):
     assert f'clm_feed_lag_seconds{{feed_id="{feed["id"]}"' in metrics
     assert "clm_feed_error{" in metrics
 
-    for path in ("/clm/data/feeds/999", "/clm/data/feeds/x", "/clm/data/feeds/99999999999999999999"):
-        assert client.delete(path, headers=h("operator")).status_code == 404
+    for raw in ("999", "x", "99999999999999999999"):
+        assert client.delete(f"/clm/data/feeds/{raw}", headers=h("operator")).status_code == 404
     assert client.delete(f"/clm/data/feeds/{feed['id']}", headers=h("operator")).status_code == 200
     assert client.get("/clm/data/feeds", headers=h("viewer")).get_json()["items"] == []
 

@@ -298,7 +298,7 @@ def test_api_lists_adds_and_removes_feeds(lite, tmp_path):
     from app import create_app
     from app.services.auth import create_token
 
-    flask_app = create_app(lite)
+    flask_app = create_app(lite.with_overrides(feed_drop_roots=(tmp_path / "drop",)))
     client = flask_app.test_client()
     with transaction(lite.database_url) as session:
         tok = {r: create_token(session, role=r, name=f"t-{r}") for r in ("viewer", "operator")}
@@ -308,6 +308,8 @@ def test_api_lists_adds_and_removes_feeds(lite, tmp_path):
 
     drop = tmp_path / "drop"
     drop.mkdir()
+    other = tmp_path / "other"
+    other.mkdir()
     body = {"source": f"dir:{drop}", "symbol": "ethusdt", "timeframe": "1h"}
     assert client.post("/clm/data/feeds", json=body, headers=h("viewer")).status_code == 403
     created = client.post("/clm/data/feeds", json=body, headers=h("operator"))
@@ -320,6 +322,8 @@ def test_api_lists_adds_and_removes_feeds(lite, tmp_path):
     for bad, field in [
         ({**body, "source": "ftp://example.com"}, "source"),
         ({**body, "source": f"dir:{tmp_path / 'missing'}"}, "source"),
+        ({**body, "source": f"dir:{other}"}, "source"),  # outside CLM_FEED_DROP_ROOTS
+        ({**body, "source": "dir:/tmp/\u0000x"}, "source"),
         ({**body, "timeframe": "2h"}, "timeframe"),
         ({**body, "symbol": "BTC/USDT"}, "symbol"),
         ({**body, "interval_s": 0}, "interval_s"),

@@ -78,7 +78,8 @@ def add_feed() -> Any:
         feed = feeds.add_feed(
             session, settings, source=body.source, symbol=body.symbol,
             timeframe=body.timeframe.value, exchange_symbol=body.exchange_symbol,
-            interval_s=body.interval_s, created_by=current_actor()[:120])
+            interval_s=body.interval_s, created_by=current_actor()[:120],
+            allowed_roots=list(settings.feed_drop_roots))
         out = feeds.feed_view(feed)
     response = jsonify(out)
     response.status_code = 201

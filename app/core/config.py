@@ -178,6 +178,8 @@ class Settings:
     feed_tick_s: float = 30.0
     feed_lease_s: float = 300.0
     feed_max_pages: int = 20
+    # directories under which POST /clm/data/feeds may create drop folders (the CLI: any)
+    feed_drop_roots: tuple[Path, ...] = ()
     binance_base_url: str = "https://api.binance.com"
     binance_max_retries: int = 5
     binance_max_wait_s: float = 60.0
@@ -283,6 +285,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         feed_tick_s=_float(env, "CLM_FEED_TICK_S", 30.0),
         feed_lease_s=_float(env, "CLM_FEED_LEASE_S", 300.0),
         feed_max_pages=_int(env, "CLM_FEED_MAX_PAGES", 20, minimum=1),
+        feed_drop_roots=tuple(
+            Path(p).expanduser().resolve()
+            for p in _str(env, "CLM_FEED_DROP_ROOTS", str(var_dir / "drop")).split(os.pathsep)
+            if p.strip()),
         binance_base_url=_str(env, "CLM_BINANCE_BASE_URL", "https://api.binance.com").rstrip("/"),
         binance_max_retries=_int(env, "CLM_BINANCE_MAX_RETRIES", 5, minimum=0),
         binance_max_wait_s=_float(env, "CLM_BINANCE_MAX_WAIT_S", 60.0),

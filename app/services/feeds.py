@@ -39,13 +39,16 @@ class FeedSpec:
     config: str
 
 
-def parse_source(source: str, exchange_symbol: str | None, symbol: str) -> FeedSpec:
+def parse_source(source: str, exchange_symbol: str | None, symbol: str, *,
+                 allowed_roots: list[Path] | None = None) -> FeedSpec:
     """`binance` → the exchange symbol (default: the symbol); `dir:PATH` → the existing
-    directory's absolute path. Anything else is InvalidInput naming `source`."""
+    directory's absolute path, which must lie under one of `allowed_roots` when given (a
+    drop folder's files are moved: the HTTP API must not point it at any directory).
+    Anything else is InvalidInput naming `source`."""
     text = (source or "").strip()
     if text.lower() == FeedKind.BINANCE.value:
         market = (exchange_symbol or symbol).strip().upper()
-        if not market or not market.isalnum() or len(market) > 30:
+        if not market or not (market.isascii() and market.isalnum()) or len(market) > 30:
             raise InvalidInput("exchange_symbol",
                                f"{market!r} is not a Binance symbol (letters and digits)")
         return FeedSpec(FeedKind.BINANCE, market)
@@ -55,10 +58,20 @@ def parse_source(source: str, exchange_symbol: str | None, symbol: str) -> FeedS
         raw = text[4:].strip()
         if not raw:
             raise InvalidInput("source", "dir:PATH needs a directory path")
-        path = Path(raw).expanduser()
-        if not path.is_dir():
+        try:
+            path = Path(raw).expanduser().resolve()
+            is_dir = path.is_dir()
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise InvalidInput("source", f"not a usable directory path: {exc}") from None
+        if not is_dir:
             raise InvalidInput("source", f"{raw}: no such directory")
-        return FeedSpec(FeedKind.FOLDER, str(path.resolve()))
+        if allowed_roots is not None and not any(
+                path == root.resolve() or path.is_relative_to(root.resolve())
+                for root in allowed_roots):
+            roots = ", ".join(str(r) for r in allowed_roots) or "none"
+            raise InvalidInput("source", f"{raw}: not under an allowed drop-folder root "
+                                         f"(CLM_FEED_DROP_ROOTS: {roots})")
+        return FeedSpec(FeedKind.FOLDER, str(path))
     raise InvalidInput("source", f"unknown source {text!r}: give 'binance' or 'dir:PATH'")
 
 
@@ -69,8 +82,9 @@ def source_text(feed: Feed) -> str:
 def add_feed(session: Session, settings: Settings, *, source: str, symbol: str,
              timeframe: str, exchange_symbol: str | None = None,
              interval_s: float | None = None, created_by: str | None = None,
-             now: datetime | None = None) -> Feed:
-    """Create a feed (due at once). 409 when the same source already feeds the series."""
+             allowed_roots: list[Path] | None = None, now: datetime | None = None) -> Feed:
+    """Create a feed (due at once). 409 when the same source already feeds the series.
+    `allowed_roots`: see `parse_source` (the API passes CLM_FEED_DROP_ROOTS)."""
     try:
         sym = normalize_symbol(symbol)
     except ValueError as exc:
@@ -79,7 +93,7 @@ def add_feed(session: Session, settings: Settings, *, source: str, symbol: str,
         bar = timeframe_seconds(timeframe)
     except ValueError as exc:
         raise InvalidInput("timeframe", str(exc)) from None
-    spec = parse_source(source, exchange_symbol, sym)
+    spec = parse_source(source, exchange_symbol, sym, allowed_roots=allowed_roots)
     interval = float(interval_s) if interval_s is not None else float(bar)
     if not MIN_INTERVAL_S <= interval <= MAX_INTERVAL_S:
         raise InvalidInput("interval_s", f"must be between {MIN_INTERVAL_S:g} and "

@@ -17,7 +17,12 @@ from app.core.config import Settings, get_settings
 from app.db import dispose_engines
 from workers.schedule import beat_schedule
 
-TASK_MODULES = ["workers.tasks", "workers.tasks_continuous", "workers.tasks_evolution"]
+TASK_MODULES = [
+    "workers.tasks",
+    "workers.tasks_continuous",
+    "workers.tasks_evolution",
+    "workers.tasks_feeds",
+]
 
 
 def create_celery_app(settings: Settings | None = None) -> Celery:

@@ -47,6 +47,13 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": settings.reaper_interval_s,
             "options": {"queue": "default", "expires": max(settings.reaper_interval_s, 1.0)},
         },
+        # Market data feeds (app.flows.feeds): one entry whatever the number of feeds;
+        # each feed's own interval decides when it is due, its lease who polls it.
+        "clm-feeds-poll": {
+            "task": "clm.feeds.poll",
+            "schedule": settings.feed_tick_s,
+            "options": {"queue": "default", "expires": max(settings.feed_tick_s, 1.0)},
+        },
         "clm-outbox-relay": {
             "task": "clm.events.relay",
             "schedule": settings.outbox_relay_interval_s,

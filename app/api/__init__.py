@@ -17,6 +17,7 @@ BLUEPRINT_MODULES = [
     "app.api.continuous",
     "app.api.evolution",
     "app.api.live",
+    "app.api.feeds",
 ]
 
 

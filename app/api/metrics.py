@@ -40,7 +40,7 @@ from app.core.timeutil import utcnow
 from app.db import transaction
 from app.models.continuous import DriftReport
 from app.models.registry import AuditEntry, ModelVersion
-from app.services import jobs, live_scores
+from app.services import feeds, jobs, live_scores
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ class FleetCollector(Collector):
                 yield from drift_metrics(session, self.settings)
                 yield from job_metrics(session, self.settings)
                 yield from live_metrics(session)
+                yield from feed_metrics(session, self.settings)
         except Exception as exc:  # a scrape must still answer while the database is down
             log.warning("metrics: database not readable: %s", exc)
             up = GaugeMetricFamily("clm_database_up", "1 when the database answered")
@@ -226,6 +227,30 @@ def job_metrics(session: Any, settings: Settings) -> Iterator[Metric]:
     yield histogram_family("clm_training_step_duration_seconds",
                            "Succeeded pipeline steps", ["step"],
                            jobs.train_step_durations(session, since))
+
+
+def feed_metrics(session: Any, settings: Settings) -> Iterator[Metric]:
+    """Market data feeds (app.services.feeds): clm_feed_lag_seconds (now minus the close of
+    the newest stored bar; absent before the first bar), clm_feed_last_bar_timestamp_seconds
+    and clm_feed_error (1 when the last poll recorded an error)."""
+    labels = ["feed_id", "source", "symbol", "timeframe"]
+    lag = GaugeMetricFamily(
+        "clm_feed_lag_seconds", "Seconds since the newest stored bar of the feed closed",
+        labels=labels)
+    last = GaugeMetricFamily(
+        "clm_feed_last_bar_timestamp_seconds", "Open time of the feed's newest stored bar",
+        labels=labels)
+    failing = GaugeMetricFamily(
+        "clm_feed_error", "1 when the feed's last poll recorded an error", labels=labels)
+    now = utcnow()
+    for feed in feeds.list_feeds(session):
+        key = [str(feed.id), feeds.source_text(feed)[:200], feed.symbol, feed.timeframe]
+        seconds = feeds.lag_seconds(feed, now)
+        if seconds is not None and feed.last_bar is not None:
+            lag.add_metric(key, seconds)
+            last.add_metric(key, feed.last_bar.timestamp())
+        failing.add_metric(key, 1.0 if feed.last_error else 0.0)
+    yield from (lag, last, failing)
 
 
 def render(settings: Settings) -> bytes:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from app.cli_commands.feeds import feed
 from app.core.config import get_settings
 from app.core.domain import TIMEFRAMES, normalize_symbol
 
@@ -34,7 +35,10 @@ def _symbol(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
 
 @click.group()
 def data() -> None:
-    """Market data store: import and list OHLCV series."""
+    """Market data store: import and list OHLCV series; feeds that keep it current."""
+
+
+data.add_command(feed)
 
 
 @data.command("import")

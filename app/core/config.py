@@ -174,6 +174,16 @@ class Settings:
     evolution_collapse_ratio: float = 0.5
     evolution_auto_train_variants: bool = True
     evolution_preferences: dict[str, dict[str, float]] = field(default_factory=dict)
+    # market data feeds (issue 12): beat tick, poll lease, Binance public klines
+    feed_tick_s: float = 30.0
+    feed_lease_s: float = 300.0
+    feed_max_pages: int = 20
+    # directories under which POST /clm/data/feeds may create drop folders (the CLI: any)
+    feed_drop_roots: tuple[Path, ...] = ()
+    binance_base_url: str = "https://api.binance.com"
+    binance_max_retries: int = 5
+    binance_max_wait_s: float = 60.0
+    binance_timeout_s: float = 10.0
     # events
     events_exchange: str = "clm.events"
     # observability
@@ -272,6 +282,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         evolution_collapse_ratio=_float(env, "CLM_EVOLUTION_COLLAPSE_RATIO", 0.5),
         evolution_auto_train_variants=_bool(env, "CLM_EVOLUTION_AUTO_TRAIN_VARIANTS", True),
         evolution_preferences=_json(env, "CLM_EVOLUTION_PREFERENCES", {}),
+        feed_tick_s=_float(env, "CLM_FEED_TICK_S", 30.0),
+        feed_lease_s=_float(env, "CLM_FEED_LEASE_S", 300.0),
+        feed_max_pages=_int(env, "CLM_FEED_MAX_PAGES", 20, minimum=1),
+        feed_drop_roots=tuple(
+            Path(p).expanduser().resolve()
+            for p in _str(env, "CLM_FEED_DROP_ROOTS", str(var_dir / "drop")).split(os.pathsep)
+            if p.strip()),
+        binance_base_url=_str(env, "CLM_BINANCE_BASE_URL", "https://api.binance.com").rstrip("/"),
+        binance_max_retries=_int(env, "CLM_BINANCE_MAX_RETRIES", 5, minimum=0),
+        binance_max_wait_s=_float(env, "CLM_BINANCE_MAX_WAIT_S", 60.0),
+        binance_timeout_s=_float(env, "CLM_BINANCE_TIMEOUT_S", 10.0),
         events_exchange=_str(env, "CLM_EVENTS_EXCHANGE", "clm.events"),
         log_json=_bool(env, "CLM_LOG_JSON", True),
         log_level=_str(env, "CLM_LOG_LEVEL", "INFO").upper(),

@@ -1,7 +1,7 @@
 """live scores: every production/candidate/shadow version scored on new bars
 
 Revision ID: 0008_live_scores
-Revises: 0005_job_kinds
+Revises: 0007_feeds
 
 - `live_scores`: one row per (model_id, version): scoring set-up, state to continue
   from, latest metrics;
@@ -15,7 +15,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0008_live_scores"
-down_revision: str | None = "0005_job_kinds"
+down_revision: str | None = "0007_feeds"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -62,6 +62,7 @@ __all__ = [
     "infer_timeframe",
     "load_ohlcv",
     "load_positions",
+    "validate_bars",
 ]
 
 @dataclass(frozen=True)
@@ -154,6 +155,22 @@ def load_ohlcv(
         source_lines=lines, reversed=was_reversed, duplicates_dropped=dropped,
         grid_offset_seconds=offset,
     )
+
+
+def validate_bars(
+    source: str, ts_ns: np.ndarray, cols: dict[str, np.ndarray], timeframe: str
+) -> pd.DataFrame:
+    """Validate bars that came from elsewhere than a file (a feed's page) with the rules
+    of `load_ohlcv` (identical duplicates dropped; NaN, order, prices, OHLC consistency,
+    volume, spacing refused). Row i is "line" i + 1 of `source` in the error. Unlike a
+    file, a newest-first page is not reversed: it is refused as unsorted."""
+    ts = np.asarray(ts_ns, dtype=np.int64)
+    values = {c: np.asarray(cols[c], dtype=np.float64) for c in OHLCV_COLUMNS}
+    lines = np.arange(len(ts), dtype=np.int64) + 1
+    if len(ts) == 0:
+        raise DataValidationError(source, None, "no bars")
+    ts, values, lines, _dropped = _drop_identical_duplicates(ts, values, lines)
+    return _validate_ohlcv(Path(source), ts, values, lines, timeframe_seconds(timeframe))
 
 
 def load_positions(path: str | Path) -> pd.Series:

@@ -273,6 +273,78 @@ def _show_evaluations(jobs: list[dict[str, Any]]) -> None:
                        f"(needs {c['op']} {c.get('threshold')})")
 
 
+# Live data: new planted bars arrive through a drop-folder feed in batches, and beat's
+# feed poll and scheduler tick store them and score every version on them.
+LIVE_BATCHES = (24, 24, 48)
+
+
+def _live_table(api: Api, versions: list[tuple[str, str, str]]) -> None:
+    for model_id, version, status in versions:
+        rec = api.ok("GET", f"/clm/models/{model_id}/versions/{version}/live")
+        m = rec.get("metrics") or {}
+        click.echo(f"  {model_id:<24} {version:<22} {status:<10} {rec['bars']:>5} "
+                   f"{rec['trades']:>6} {_fmt(m.get('sharpe')):>7} "
+                   f"{_fmt(m.get('total_return'), True):>7}")
+
+
+def _live_data(api: Api, settings: Settings, model_id: str, say: Printer, timeout: float,
+               procs: list[Proc]) -> None:
+    """A drop-folder feed for the planted series; three batches of new bars; the live
+    records of the production version and the candidates grow as beat stores them."""
+    import pandas as pd  # lazy: start-up (`clm demo --help` imports no data stack)
+
+    from app.ml.data.store import MarketDataStore
+    from app.ml.data.synthetic import generate_ohlcv
+
+    folder = settings.var_dir / "drop" / PLANTED.lower()
+    folder.mkdir(parents=True, exist_ok=True)
+    status, feed = api.call("POST", "/clm/data/feeds", {
+        "source": f"dir:{folder}", "symbol": PLANTED, "timeframe": TIMEFRAME,
+        "interval_s": 1})
+    if status == 409:  # a feed from an earlier run of the demo: use it
+        feed = api.ok("GET", f"/clm/data/feeds/{feed['feed_id']}")
+    elif status != 201:
+        raise DemoError(f"POST /clm/data/feeds answered {status}: {feed}")
+    say(f"POST /clm/data/feeds dir:{folder} {PLANTED} {TIMEFRAME} -> feed {feed['id']}")
+    watched = [(v["model_id"], v["version"], v["status"]) for v in api.ok(
+        "GET", f"/clm/models?symbol={PLANTED}&limit=50")["items"]
+        if v["status"] in ("production", "candidate", "shadow") and v.get("artifact")]
+    store = MarketDataStore(settings.data_dir)
+    for n, size in enumerate(LIVE_BATCHES, start=1):
+        stored = store.read(PLANTED, TIMEFRAME)
+        last = stored.index[-1]
+        bars = generate_ohlcv("planted", size, TIMEFRAME, seed=300 + n,
+                              start=(last + pd.Timedelta(hours=1)).to_pydatetime(),
+                              price0=float(stored["close"].iloc[-1]))
+        # Written under a hidden name, then renamed in: a poll never sees half a file.
+        part = folder / f".batch-{n}.part"
+        bars.rename_axis("timestamp").to_csv(part)
+        part.rename(folder / f"batch-{n}.csv")
+        target = bars.index[-1]
+        say(f"dropped batch-{n}.csv: {size} new bars up to {target:%Y-%m-%d %H:%M}Z")
+
+        def scored(target: Any = target) -> bool:
+            f = api.ok("GET", f"/clm/data/feeds/{feed['id']}")
+            if not f.get("last_bar") or pd.Timestamp(f["last_bar"]) < target:
+                return False
+            return all(api.ok("GET", f"/clm/models/{m}/versions/{v}/live").get("last_bar")
+                       and pd.Timestamp(api.ok(
+                           "GET", f"/clm/models/{m}/versions/{v}/live")["last_bar"]) >= target
+                       for m, v, _ in watched)
+
+        _wait(scored, timeout, f"batch {n} to be stored and scored", procs)
+        f = api.ok("GET", f"/clm/data/feeds/{feed['id']}")
+        say(f"  feed {feed['id']}: last bar {f['last_bar']}, lag {_fmt(f.get('lag_s'))}s, "
+            f"error {f.get('last_error') or '-'}")
+        click.echo(click.style(f"  {'model_id':<24} {'version':<22} {'status':<10} "
+                               f"{'bars':>5} {'trades':>6} {'sharpe':>7} {'return':>7}",
+                               bold=True))
+        _live_table(api, watched)
+    click.echo("  Every production, candidate and shadow version is scored on each new bar "
+               "with its own trading rules and the instrument's costs (GET …/live); "
+               f"GET /clm/models/{model_id}/serving names the version to use now.")
+
+
 # A small search: 8 x 2 trials of a fixed small model (the thresholds, windows, label
 # horizon and trading rules are searched), so the section takes seconds, not minutes.
 SEARCH_SPAN_DAYS = 120
@@ -354,7 +426,9 @@ def run_demo(bars: int, span_days: int, timeout: float) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Short beat periods so the live-data section's bars are stored and scored in seconds.
+    env = {"CLM_FEED_TICK_S": "2", "CLM_SCHEDULER_TICK_S": "2", **os.environ,
+           "PYTHONUNBUFFERED": "1"}
     procs = Processes(log_dir, env)
     try:
         api_proc = procs.start("api", ["serve", "--port", str(port), "--workers", "1"])
@@ -426,10 +500,13 @@ def run_demo(bars: int, span_days: int, timeout: float) -> None:
             say(f"  audit: {entry.get('at')} {entry.get('actor')} {entry.get('action')} "
                 f"{entry.get('version')} — {entry.get('reason')}", dim=True)
 
-        say.section("6. Strategy search: NSGA-II over thresholds, windows, horizon, rules")
+        say.section("6. Live data: a drop-folder feed; every version scored on new bars")
+        _live_data(api, settings, model_id, say, timeout, procs.procs)
+
+        say.section("7. Strategy search: NSGA-II over thresholds, windows, horizon, rules")
         search_id = _strategy_search(api, min(span_days, SEARCH_SPAN_DAYS), say, timeout)
     finally:
-        say.section("7. Stopping the processes this demo started")
+        say.section("8. Stopping the processes this demo started")
         procs.stop_all()
         say(f"stopped {len(procs.procs)} processes; their logs are in {log_dir}")
 

@@ -16,6 +16,7 @@ BLUEPRINT_MODULES = [
     "app.api.jobs",
     "app.api.continuous",
     "app.api.evolution",
+    "app.api.instruments",
 ]
 
 

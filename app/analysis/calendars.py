@@ -105,7 +105,8 @@ def _schedule_ns(cal: Any) -> dict[str, np.ndarray]:
     sched = cal.schedule
     out = {}
     for col in ("open", "close", "break_start", "break_end"):
-        values = pd.DatetimeIndex(pd.to_datetime(sched[col], utc=True)).as_unit("ns").asi8
+        column = pd.to_datetime(sched[col], utc=True)
+        values = pd.DatetimeIndex(column.array).as_unit("ns").asi8
         out[col] = np.where(values == np.iinfo(np.int64).min, -1, values).astype(np.int64)
     sessions = pd.DatetimeIndex(cal.sessions)
     naive = sessions.tz_localize(None) if sessions.tz is not None else sessions

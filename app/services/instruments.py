@@ -97,7 +97,8 @@ def calendar_of(session: Session, symbol: str) -> str:
 
 def calendars(session: Session) -> dict[str, str]:
     """{symbol: calendar} of every configured instrument (others are `24/7`)."""
-    return dict(session.execute(select(Instrument.symbol, Instrument.calendar)).tuples())
+    rows = session.execute(select(Instrument.symbol, Instrument.calendar))
+    return {symbol: calendar for symbol, calendar in rows}
 
 
 def list_instruments(session: Session, settings: Settings, *, after: str | None = None,

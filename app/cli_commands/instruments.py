@@ -18,6 +18,22 @@ import click
 _OPTION = {"calendar": "--calendar", "fee_bps": "--fee-bps", "slippage_bps": "--slippage-bps"}
 
 
+def _database_url() -> str:
+    """The configured database, refused unless migrated (a clear message, no traceback)."""
+    # lazy: start-up
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.core.config import get_settings
+    from app.migrate import DatabaseNotAtHead, assert_at_head
+
+    url = get_settings().database_url
+    try:
+        assert_at_head(url)
+    except (DatabaseNotAtHead, SQLAlchemyError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    return url
+
+
 @click.group()
 def instrument() -> None:
     """Instruments: trading calendar (24/7, fx, exchange code) and costs per symbol."""
@@ -41,7 +57,7 @@ def set_(symbol: str, calendar: str | None, fee_bps: float | None,
 
     settings = get_settings()
     try:
-        with transaction(settings.database_url, immediate=True) as session:
+        with transaction(_database_url(), immediate=True) as session:
             item = set_instrument(session, settings, symbol, calendar=calendar,
                                   fee_bps=fee_bps, slippage_bps=slippage_bps, actor="cli")
     except InvalidInput as exc:
@@ -65,7 +81,7 @@ def show(symbol: str) -> None:
 
     settings = get_settings()
     try:
-        with transaction(settings.database_url) as session:
+        with transaction(_database_url()) as session:
             item = get_instrument(session, settings, symbol)
     except DomainError as exc:
         click.echo(f"error: SYMBOL: {exc.detail}", err=True)
@@ -82,6 +98,6 @@ def list_() -> None:
     from app.services.instruments import list_instruments
 
     settings = get_settings()
-    with transaction(settings.database_url) as session:
+    with transaction(_database_url()) as session:
         items = list_instruments(session, settings)
     click.echo(json.dumps({"items": items}, indent=2))

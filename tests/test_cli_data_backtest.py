@@ -82,6 +82,7 @@ def test_import_then_list(tmp_path: Path, env: dict[str, str]) -> None:
                 "rows": 70,
                 "gaps": 0,
                 "missing_bars": 0,
+                "calendar": "24/7",
             }
         ]
     }

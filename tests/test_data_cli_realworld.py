@@ -73,4 +73,4 @@ def test_list_shows_gaps(tmp_path: Path, env: dict[str, str]) -> None:
     assert (item["rows"], item["gaps"], item["missing_bars"]) == (21, 1, 3)
     r = clm(env, "data", "list")
     assert "missing" in r.stdout.splitlines()[0]
-    assert r.stdout.splitlines()[1].split()[-2:] == ["1", "3"]
+    assert r.stdout.splitlines()[1].split()[-3:] == ["1", "3", "24/7"]

@@ -18,6 +18,7 @@ BLUEPRINT_MODULES = [
     "app.api.evolution",
     "app.api.live",
     "app.api.feeds",
+    "app.api.instruments",
 ]
 
 

@@ -33,6 +33,34 @@ def _symbol(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
         raise click.BadParameter(str(exc)) from exc
 
 
+def _calendars() -> dict[str, str]:
+    """{symbol: calendar} of the configured instruments, so closed sessions are not
+    reported as gaps; {} (every symbol 24/7) when the database has none yet (a SQLite
+    file that does not exist is not created). A database that cannot be read is said on
+    stderr, never silently ignored."""
+    from pathlib import Path as _Path
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.db import is_sqlite, transaction
+    from app.services.instruments import calendars
+
+    url = get_settings().database_url
+    if is_sqlite(url):
+        database = make_url(url).database
+        if not database or database == ":memory:" or not _Path(database).exists():
+            return {}
+    try:
+        with transaction(url) as session:
+            return calendars(session)
+    except SQLAlchemyError as exc:
+        first = str(exc).splitlines()[0][:200]
+        click.echo(f"note: instrument calendars not read ({first}); gaps counted as for a "
+                   "24/7 market (run `clm db upgrade`)", err=True)
+        return {}
+
+
 @click.group()
 def data() -> None:
     """Market data store: import and list OHLCV series; feeds that keep it current."""
@@ -58,8 +86,10 @@ def import_file(file: Path, symbol: str, timeframe: str) -> None:
         from tqdm import tqdm
 
         bar = tqdm(desc=f"parsing {file.name}", unit=" rows", unit_scale=True, file=sys.stderr)
+    calendar = _calendars().get(symbol, "24/7")
     try:
-        result = load_ohlcv(file, timeframe, progress=bar.update if bar is not None else None)
+        result = load_ohlcv(file, timeframe, progress=bar.update if bar is not None else None,
+                            calendar=calendar)
     except DataValidationError as exc:
         if bar is not None:
             bar.close()
@@ -70,7 +100,7 @@ def import_file(file: Path, symbol: str, timeframe: str) -> None:
 
     store = MarketDataStore(get_settings().data_dir)
     try:
-        report = store.merge(symbol, timeframe, result.frame)
+        report = store.merge(symbol, timeframe, result.frame, calendar=calendar)
     except SeriesMismatch as exc:
         # same FILE:LINE: reason shape as a refused file; the merge wrote nothing
         click.echo(f"{file}:{int(result.source_lines[exc.row])}: {exc.reason}", err=True)
@@ -94,10 +124,10 @@ def import_file(file: Path, symbol: str, timeframe: str) -> None:
         g = result.gaps[0]
         click.echo(
             f"  file gaps: {len(result.gaps)} gap(s), {result.missing_bars} missing bar(s); "
-            f"first after {_iso(g.after)} ({g.missing_bars} bar(s))"
+            f"first after {_iso(g.after)} ({g.missing_bars} bar(s)); calendar {calendar}"
         )
     else:
-        click.echo("  file gaps: none")
+        click.echo(f"  file gaps: none (calendar {calendar})")
     click.echo(
         f"stored {report.symbol} {report.timeframe}: {report.added} added, "
         f"{report.overlapping} overlapping ({report.changed} changed); "
@@ -114,13 +144,18 @@ def list_series(as_json: bool) -> None:
 
     store = MarketDataStore(get_settings().data_dir)
     series = store.list()
+    cals = _calendars() if series else {}
     # Gaps need the timestamps (not just metadata): one column per series, still fast.
-    gaps = {(c.symbol, c.timeframe): store.gap_counts(c.symbol, c.timeframe) for c in series}
+    # Only bars the symbol's calendar expects count (FX weekends, exchange nights: none).
+    gaps = {(c.symbol, c.timeframe): store.gap_counts(c.symbol, c.timeframe,
+                                                      cals.get(c.symbol, "24/7"))
+            for c in series}
     if as_json:
         items = []
         for c in series:
             count, missing = gaps[(c.symbol, c.timeframe)]
-            items.append({**c.to_dict(), "gaps": count, "missing_bars": missing})
+            items.append({**c.to_dict(), "gaps": count, "missing_bars": missing,
+                          "calendar": cals.get(c.symbol, "24/7")})
         click.echo(json.dumps({"items": items}))
         return
     if not series:
@@ -128,11 +163,11 @@ def list_series(as_json: bool) -> None:
         return
     click.echo(
         f"{'symbol':<16} {'timeframe':<9} {'rows':>10}  {'first':<20}  {'last':<20}  "
-        f"{'gaps':>6} {'missing':>8}"
+        f"{'gaps':>6} {'missing':>8}  calendar"
     )
     for c in series:
         count, missing = gaps[(c.symbol, c.timeframe)]
         click.echo(
             f"{c.symbol:<16} {c.timeframe:<9} {c.rows:>10}  {_iso(c.first):<20}  "
-            f"{_iso(c.last):<20}  {count:>6} {missing:>8}"
+            f"{_iso(c.last):<20}  {count:>6} {missing:>8}  {cals.get(c.symbol, '24/7')}"
         )

@@ -1,6 +1,13 @@
 """All SQLAlchemy models; importing this package registers every table on Base.metadata."""
 
-from app.models import continuous, evolution, feeds, jobs, live  # noqa: F401 - register tables
+from app.models import (  # noqa: F401 - register tables
+    continuous,
+    evolution,
+    feeds,
+    instruments,
+    jobs,
+    live,
+)
 from app.models.base import Base
 from app.models.registry import ApiToken, AuditEntry, ModelVersion, Role, VersionStatusChange
 

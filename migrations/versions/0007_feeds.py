@@ -1,7 +1,7 @@
 """market data feeds: Binance public klines and drop folders keeping the store current
 
 Revision ID: 0007_feeds
-Revises: 0005_job_kinds
+Revises: 0006_instruments
 
 One table, `market_feeds` (app/models/feeds.py): the source, the poll interval, the
 outcome of the last poll and the lease of the poll in progress.
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = '0007_feeds'
-down_revision: str | None = '0005_job_kinds'
+down_revision: str | None = "0006_instruments"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -48,12 +48,19 @@ from app.ml.rules import strategy_config_overrides, trading_rules
 from app.ml.trainers import get_trainer, save_model
 from app.models.jobs import WorkKind
 from app.services import jobs, registry
+from app.services.instruments import MarketTerms, market_terms
 
 
-def eval_config(settings: Settings, strategy: dict[str, Any] | None) -> EvaluationConfig:
+def eval_config(settings: Settings, strategy: dict[str, Any] | None,
+                terms: MarketTerms | None = None) -> EvaluationConfig:
     """Walk-forward set-up from settings plus the strategy's thresholds and label horizon
-    (purge None: it follows the horizon)."""
-    return EvaluationConfig.from_settings(settings, **strategy_config_overrides(strategy))
+    (purge None: it follows the horizon) and the instrument's costs and annualisation."""
+    market: dict[str, Any] = {}
+    if terms is not None:
+        market = {"fee_bps": terms.fee_bps, "slippage_bps": terms.slippage_bps,
+                  "periods_per_year": terms.periods_per_year}
+    return EvaluationConfig.from_settings(settings, **market,
+                                          **strategy_config_overrides(strategy))
 
 
 def champion_strategy(settings: Settings, job: dict[str, Any]) -> dict[str, Any] | None:
@@ -92,13 +99,16 @@ def run_prepare(run: StageRun) -> None:
     with run.step("validate_request") as rec:
         trainer = get_trainer(job["model_type"])  # this worker may lack a plug-in
         params = trainer.validate_params(job["params"])
-        cfg = eval_config(settings, strategy)
+        with transaction(settings.database_url) as session:
+            terms = market_terms(session, settings, job["symbol"], job["timeframe"])
+        cfg = eval_config(settings, strategy, terms)
         windows = normalize_windows(strategy.get("windows"))
         seed = int(strategy.get("seed", 0))
         rules = trading_rules(strategy)
         rec.detail.update(model_type=job["model_type"], params=params, seed=seed,
                           label_horizon=cfg.label_horizon,
-                          rules=rules.to_dict() if rules is not None else None)
+                          rules=rules.to_dict() if rules is not None else None,
+                          market=terms.to_dict())
 
     with run.step("fetch_data") as rec:
         coverage = market.coverage(job["symbol"], job["timeframe"])
@@ -119,7 +129,7 @@ def run_prepare(run: StageRun) -> None:
             raise PipelineError("market data has non-positive prices or negative volume")
         if (frame["high"] < frame["low"]).any():
             raise PipelineError("market data has bars with high < low")
-        gaps, missing = find_gaps(frame.index, job["timeframe"])
+        gaps, missing = find_gaps(frame.index, job["timeframe"], calendar=terms.calendar)
         rec.detail.update(rows=len(frame), gaps=len(gaps), missing_bars=int(missing))
 
     with run.step("build_features") as rec:
@@ -156,6 +166,8 @@ def run_prepare(run: StageRun) -> None:
         )
         # What the search found, as the job ran it (None: the configured defaults).
         lineage["strategy"] = lineage_strategy(job.get("strategy"), cfg, windows, seed, rules)
+        # The instrument's terms the evaluation used (costs, calendar, bars per year).
+        lineage["market"] = terms.to_dict()
         # The raw bars are in memory here: their regime summary is cheap now, and the
         # register step need not read them back (continuous learning's lineage key).
         with suppress(ValueError):  # too few bars to classify: the regime check recomputes

@@ -157,6 +157,10 @@ def read_csv_like(
         names = normalized_header(path, header)
         ts_col = _timestamp_column(path, names, 1)
         fmt = "binance" if ts_col == "open_time" and names[0] == "open_time" else "csv"
+        if ts_col is None and len(names) > 1 and not header[0]:
+            # pandas' default `df.to_csv()`: the index (the timestamps) is written first
+            # under an empty header cell.
+            names[0], ts_col, fmt = "timestamp", "timestamp", "csv (pandas index)"
         missing = [c for c in (ts_col, *OHLCV_COLUMNS) if c is None or c not in names]
         if missing:
             raise DataValidationError(

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from app.analysis.calendars import DEFAULT_CALENDAR, missing_open_bars
 from app.core.domain import TIMEFRAMES, timeframe_seconds
 from app.ml.data.formats import (
     OHLCV_COLUMNS,
@@ -113,13 +114,15 @@ def load_ohlcv(
     timeframe: str | None = None,
     *,
     progress: ProgressFn | None = None,
+    calendar: str = DEFAULT_CALENDAR,
 ) -> ImportResult:
     """Read and validate an OHLCV file; refuse it whole with `DataValidationError`.
 
     With `timeframe` the median bar spacing must equal it and every spacing must be
     a whole number of bars (gaps are listed in the result). Without it the
     timeframe is inferred (for `clm backtest`) and spacing is not checked.
-    `progress(rows)` is called as row batches are parsed.
+    `progress(rows)` is called as row batches are parsed. `calendar`: the symbol's
+    trading calendar (missing bars in closed sessions are not gaps).
     """
     p = Path(path)
     tf_seconds = timeframe_seconds(timeframe) if timeframe is not None else None
@@ -148,7 +151,7 @@ def load_ohlcv(
     missing = 0
     offset = None
     if tf is not None:
-        gaps, missing = find_gaps(frame.index, tf)
+        gaps, missing = find_gaps(frame.index, tf, calendar=calendar)
         offset = (int(ts_ns[0]) % (timeframe_seconds(tf) * 1_000_000_000)) / 1e9
     return ImportResult(
         frame, p, fmt, tf, spacing, units, gaps, missing,
@@ -235,24 +238,17 @@ def infer_timeframe(spacing_seconds: float | None) -> str | None:
     return None
 
 
-def find_gaps(index: pd.DatetimeIndex, timeframe: str, limit: int = 1000) -> tuple[list[Gap], int]:
-    """Gaps (spacing > one bar) in a sorted index: up to `limit` listed, total missing bars."""
+def find_gaps(index: pd.DatetimeIndex, timeframe: str, limit: int = 1000,
+              calendar: str = DEFAULT_CALENDAR) -> tuple[list[Gap], int]:
+    """Gaps (spacing > one bar) in a sorted index: up to `limit` listed, total missing bars.
+
+    Only bars the trading `calendar` expects count (app.analysis.calendars): an FX weekend
+    or an exchange's nights and holidays are no gap."""
     step = timeframe_seconds(timeframe) * 1_000_000_000
-    ns = index_ns(index)
-    if len(ns) < 2:
-        return [], 0
-    spacing = np.diff(ns)
-    where = np.flatnonzero(spacing > step)
-    missing_each = spacing[where] // step - 1
-    gaps = [
-        Gap(
-            pd.Timestamp(int(ns[i]), unit="ns", tz="UTC"),
-            pd.Timestamp(int(ns[i + 1]), unit="ns", tz="UTC"),
-            int(m),
-        )
-        for i, m in zip(where[:limit], missing_each[:limit], strict=True)
-    ]
-    return gaps, int(missing_each.sum())
+    found, missing = missing_open_bars(index_ns(index), step, calendar, limit=limit)
+    gaps = [Gap(pd.Timestamp(a, unit="ns", tz="UTC"), pd.Timestamp(b, unit="ns", tz="UTC"), m)
+            for a, b, m in found]
+    return gaps, missing
 
 
 # --------------------------------------------------------------------------- validation

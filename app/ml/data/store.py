@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from app.analysis.calendars import DEFAULT_CALENDAR, missing_open_bars
 from app.core.domain import TIMEFRAMES, normalize_symbol, timeframe_seconds
 from app.ml.data.importer import OHLCV_COLUMNS, Gap, find_gaps, format_seconds, frame_from_arrays
 
@@ -174,17 +175,22 @@ class MarketDataStore:
         out.sort(key=lambda c: (c.symbol, order[c.timeframe]))
         return out
 
-    def gap_counts(self, symbol: str, timeframe: str) -> tuple[int, int]:
+    def gap_counts(self, symbol: str, timeframe: str,
+                   calendar: str = DEFAULT_CALENDAR) -> tuple[int, int]:
         """(gaps, missing bars) of a stored series, reading only the timestamp column;
-        (0, 0) when absent."""
+        (0, 0) when absent. Bars the `calendar` does not expect are not missing."""
         path = self.path_for(symbol, timeframe)
         if not path.exists():
             return 0, 0
         ts = pq.read_table(path, columns=["timestamp"]).column("timestamp")
-        spacing = np.diff(ts.cast(pa.int64()).to_numpy())
+        ns = ts.cast(pa.int64()).to_numpy()
         bar = timeframe_seconds(timeframe) * 1_000_000_000
-        over = spacing[spacing > bar]
-        return int(over.size), int((over // bar - 1).sum())
+        if calendar == DEFAULT_CALENDAR:  # the fast path: every spacing over a bar
+            over = np.diff(ns)
+            over = over[over > bar]
+            return int(over.size), int((over // bar - 1).sum())
+        gaps, missing = missing_open_bars(ns, bar, calendar, limit=2**62)
+        return len(gaps), missing
 
     @staticmethod
     def _coverage_of(path: Path, symbol: str, timeframe: str) -> Coverage | None:
@@ -208,8 +214,10 @@ class MarketDataStore:
 
     # ----------------------------------------------------------------- writes
 
-    def merge(self, symbol: str, timeframe: str, frame: pd.DataFrame) -> MergeReport:
-        """Merge `frame` into the stored series; incoming rows win on overlap.
+    def merge(self, symbol: str, timeframe: str, frame: pd.DataFrame,
+              calendar: str = DEFAULT_CALENDAR) -> MergeReport:
+        """Merge `frame` into the stored series; incoming rows win on overlap. The report's
+        gaps count only bars the symbol's trading `calendar` expects.
 
         `frame` must have the canonical shape (UTC DatetimeIndex named `timestamp`,
         strictly increasing, float64 open/high/low/close/volume).
@@ -247,7 +255,7 @@ class MarketDataStore:
             ts, vals = ts[order], vals[order]
             self._write(path, ts, vals)
         merged_index = pd.DatetimeIndex(ts.view("datetime64[ns]")).tz_localize("UTC")
-        gaps, missing = find_gaps(merged_index, timeframe)
+        gaps, missing = find_gaps(merged_index, timeframe, calendar=calendar)
         return MergeReport(
             symbol=sym,
             timeframe=timeframe,

@@ -38,6 +38,7 @@ from app.ml.data.store import MarketDataStore
 from app.ml.evaluation import probabilities_to_positions
 from app.models.continuous import PerformanceReport
 from app.services import registry
+from app.services.instruments import market_terms
 from app.services.production import production_context, recent_window
 from app.services.triggers import parse_model_id, record_request, slot_key, tracked_overrides
 
@@ -107,11 +108,14 @@ def run_paper_check(
         return report.to_dict()
     long_t, short_t = ctx.thresholds
     positions = probabilities_to_positions(window.predictions, long_t, short_t)
+    _model_type, symbol, timeframe = parse_model_id(model_id)
+    terms = market_terms(session, settings, symbol, timeframe)
     result = run_backtest(
-        window.frame["close"].to_numpy(), positions, fee_bps=settings.fee_bps,
-        slippage_bps=settings.slippage_bps, timestamps=window.frame.index,
+        window.frame["close"].to_numpy(), positions, fee_bps=terms.fee_bps,
+        slippage_bps=terms.slippage_bps, periods_per_year=terms.periods_per_year,
+        timestamps=window.frame.index,
     )
-    metrics = dict(result.metrics)
+    metrics = {**result.metrics, "market": terms.to_dict()}
     sharpe = finite_or_none(metrics.get("sharpe"))
     trades = int(metrics.get("trades") or 0)
     degraded = trades >= min_trades and sharpe is not None and sharpe < degraded_sharpe
@@ -162,7 +166,8 @@ class LiveReport(BaseModel):
                                               description="return of each closed trade")
     trades: int | None = Field(None, ge=0, description="number of trades in the period")
     sharpe: float | None = Field(None, description="annualized Sharpe, when computed outside")
-    periods_per_year: float | None = Field(None, gt=0, description="default: from timeframe")
+    periods_per_year: float | None = Field(
+        None, gt=0, description="default: the instrument's calendar, else from timeframe")
     period_start: datetime | None = None
     period_end: datetime | None = None
 
@@ -294,7 +299,8 @@ def record_live_report(
     else:
         found = registry.get_version(session, body.model_id, body.version)
         version, status = found["version"], found["status"]
-    ppy = float(body.periods_per_year or _bars_per_year(timeframe))
+    terms = market_terms(session, settings, _symbol, timeframe)
+    ppy = float(body.periods_per_year or terms.periods_per_year or _bars_per_year(timeframe))
     metrics = _report_metrics(body, ppy)
     report = PerformanceReport(
         model_id=body.model_id, version=version, source="live", reported_at=now,

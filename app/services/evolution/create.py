@@ -28,6 +28,7 @@ from app.services import jobs as job_service
 from app.services.evolution.config import MAX_GENERATIONS, MAX_POPULATION, EvolutionConfig
 from app.services.evolution.snapshot import read_market_data, store_snapshot
 from app.services.evolution.views import search_dict
+from app.services.instruments import market_terms
 
 __all__ = ["create_search"]
 
@@ -115,9 +116,12 @@ def create_search(
         except SpaceError as exc:
             raise InvalidInput(f"fixed[{i}].{exc.field}", str(exc)) from None
     try:
+        # The instrument's costs and annualisation (the defaults when none is set).
+        terms = market_terms(session, settings, sym, timeframe)
         eval_cfg = EvalSettings.from_dict({
-            "n_folds": settings.walk_forward_folds, "fee_bps": settings.fee_bps,
-            "slippage_bps": settings.slippage_bps, "holdout_fraction": cfg.holdout_fraction,
+            "n_folds": settings.walk_forward_folds, "fee_bps": terms.fee_bps,
+            "slippage_bps": terms.slippage_bps, "periods_per_year": terms.periods_per_year,
+            "holdout_fraction": cfg.holdout_fraction,
             "collapse_ratio": cfg.collapse_ratio, "seed": int(seed),
             **dict(evaluation or {}),
         })
@@ -150,7 +154,8 @@ def create_search(
         constraints=cons.to_dict(), population=max(pop, len(checked_fixed)),
         generations=gens, space=searched.to_dict(),
         config={
-            "evaluation": eval_cfg.to_dict(), "holdout_start": holdout_start,
+            "evaluation": eval_cfg.to_dict(), "market": terms.to_dict(),
+            "holdout_start": holdout_start,
             "n_bars": len(frame), "fixed": checked_fixed, "trigger_reason": trigger_reason,
             "preferences": cfg.preferences, "data_first": isoformat(frame.index[0]),
             "data_last": isoformat(frame.index[-1]),

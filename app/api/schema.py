@@ -9,14 +9,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from flask import Flask, request
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from app.api.problems import ApiProblem, json_body, validation_errors
+from app.core.domain import normalize_symbol
 
 M = TypeVar("M", bound=BaseModel)
+
+# A market symbol as clients may send it (any case; stored upper-case): the one symbol
+# rule of app.core.domain, stated in the schema too so generated clients know it.
+Symbol = Annotated[
+    str,
+    Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,29}$",
+          description="e.g. BTCUSDT: 1-30 of A-Z, 0-9, '.', '_', '-' starting with a letter "
+                      "or digit (stored upper-case)"),
+    AfterValidator(normalize_symbol),
+]
 
 
 class StrictModel(BaseModel):

@@ -95,10 +95,22 @@ class MarketDataStore:
     # ----------------------------------------------------------------- paths
 
     def path_for(self, symbol: str, timeframe: str) -> Path:
-        """Where a series lives (validates symbol and timeframe)."""
+        """Where a series lives (validates symbol and timeframe).
+
+        Defence in depth behind the symbol rule: the folder must be exactly one level
+        below the store root once resolved (no `..`, no symlink leading elsewhere), else
+        ValueError naming the symbol."""
         sym = normalize_symbol(symbol)
         timeframe_seconds(timeframe)
-        return self.root / sym / f"{timeframe}.parquet"
+        folder = self.root / sym
+        root = self.root.resolve()
+        resolved = folder.resolve()
+        if resolved.parent != root or resolved.name != sym:
+            raise ValueError(
+                f"invalid symbol {symbol!r}: its folder {folder} resolves to {resolved}, "
+                f"outside the market data store {root}"
+            )
+        return folder / f"{timeframe}.parquet"
 
     @contextlib.contextmanager
     def _locked(self, symbol: str, timeframe: str) -> Iterator[Path]:

@@ -23,6 +23,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "track": "app.cli_commands.tracking:track",
     "untrack": "app.cli_commands.tracking:untrack",
     "demo": "app.cli_commands.demo:demo",
+    "artifacts": "app.cli_commands.artifacts:artifacts",
 }
 
 

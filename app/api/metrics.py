@@ -234,7 +234,8 @@ def init_app(app: Flask) -> None:
             )
         return response
 
-    @documented("Prometheus metrics (text format)", tag="system")
+    @documented("Prometheus metrics (text exposition format 0.0.4)", tag="system",
+                media_type="text/plain")
     def metrics_view() -> Response:
         return Response(render(app.config["CLM_SETTINGS"]), mimetype=CONTENT_TYPE_LATEST)
 

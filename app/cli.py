@@ -24,6 +24,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "untrack": "app.cli_commands.tracking:untrack",
     "demo": "app.cli_commands.demo:demo",
     "instrument": "app.cli_commands.instruments:instrument",
+    "artifacts": "app.cli_commands.artifacts:artifacts",
 }
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from app.api.pagination import PageQuery, decode_cursor, int_cursor, page
 from app.api.problems import unprocessable
-from app.api.schema import StrictModel, documented, parse_body, parse_query
+from app.api.schema import StrictModel, Symbol, documented, parse_body, parse_query
 from app.api.security import current_actor, require_role
 from app.bus.outbox import list_events as outbox_events
 from app.core.config import Settings
@@ -104,7 +104,7 @@ class TrackedQuery(PageQuery):
 
 class TrackBody(StrictModel):
     model_type: ModelType
-    symbol: str = Field(min_length=1, max_length=30, description="e.g. BTCUSDT")
+    symbol: Symbol
     timeframe: Timeframe
     interval_hours: float | None = Field(
         None, gt=0, le=24 * 366, description="periodic retraining interval (default per type)")

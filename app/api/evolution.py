@@ -15,7 +15,7 @@ from pydantic import Field, StrictInt
 
 from app.api.pagination import PageQuery, int_cursor, page
 from app.api.problems import ApiProblem
-from app.api.schema import StrictModel, documented, parse_body, parse_query
+from app.api.schema import StrictModel, Symbol, documented, parse_body, parse_query
 from app.api.security import current_actor, require_role
 from app.core.config import Settings
 from app.core.domain import REGIME_PATTERN, ModelType, Timeframe
@@ -41,7 +41,7 @@ class Constraints(StrictModel):
 
 class EvolveBody(StrictModel):
     model_type: ModelType
-    symbol: str = Field(min_length=1, max_length=30)
+    symbol: Symbol
     timeframe: Timeframe
     dataset_span_days: StrictInt = Field(ge=1, le=36_500)
     objectives: list[ObjectiveName] | None = Field(

@@ -21,7 +21,7 @@ from pydantic import Field, StrictInt
 
 from app.api.pagination import PageQuery, decode_cursor, page
 from app.api.problems import unprocessable
-from app.api.schema import StrictModel, documented, parse_body, parse_query
+from app.api.schema import StrictModel, Symbol, documented, parse_body, parse_query
 from app.api.security import current_actor, require_role
 from app.core.config import Settings
 from app.core.domain import REGIME_PATTERN, JobStatus, ModelType, Timeframe, TriggerReason
@@ -37,7 +37,7 @@ Regime = Annotated[str, Field(pattern=REGIME_PATTERN)]
 
 class TrainBody(StrictModel):
     model_type: ModelType
-    symbol: str = Field(min_length=1, max_length=30, description="e.g. BTCUSDT")
+    symbol: Symbol
     timeframe: Timeframe
     dataset_span_days: StrictInt = Field(
         ge=1, le=jobs.MAX_SPAN_DAYS, description="days of data (ending at the last stored bar)"

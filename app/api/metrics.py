@@ -19,7 +19,6 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Histogram,
     generate_latest,
@@ -265,6 +264,12 @@ def render(settings: Settings) -> bytes:
     return generate_latest(registry)
 
 
+# What generate_latest writes (metric names are plain ASCII): the text exposition format
+# 0.0.4, which every Prometheus reads (prometheus_client's CONTENT_TYPE_LATEST says 1.0.0
+# in recent releases, which older servers refuse).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
 def init_app(app: Flask) -> None:
     """Time every request; expose GET /metrics (no token, per contract)."""
 
@@ -282,8 +287,11 @@ def init_app(app: Flask) -> None:
             )
         return response
 
-    @documented("Prometheus metrics (text format)", tag="system")
+    @documented("Prometheus metrics (text exposition format 0.0.4)", tag="system",
+                media_type="text/plain")
     def metrics_view() -> Response:
-        return Response(render(app.config["CLM_SETTINGS"]), mimetype=CONTENT_TYPE_LATEST)
+        response = Response(render(app.config["CLM_SETTINGS"]))
+        response.headers["Content-Type"] = CONTENT_TYPE
+        return response
 
     app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])

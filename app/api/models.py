@@ -17,10 +17,17 @@ from pydantic import AfterValidator, ConfigDict, Field, StrictBool, model_valida
 
 from app.api.pagination import PageQuery, decode_cursor, encode_cursor
 from app.api.problems import unprocessable
-from app.api.schema import QueryModel, StrictModel, documented, parse_body, parse_query
+from app.api.schema import (
+    QueryModel,
+    StrictModel,
+    Symbol,
+    documented,
+    parse_body,
+    parse_query,
+)
 from app.api.security import current_actor, require_role
 from app.core.config import Settings
-from app.core.domain import REGIME_PATTERN, ModelStatus, ModelType, Timeframe, normalize_symbol
+from app.core.domain import REGIME_PATTERN, ModelStatus, ModelType, Timeframe
 from app.core.errors import NotFound
 from app.core.timeutil import ensure_utc, isoformat, utcnow
 from app.db import transaction
@@ -50,7 +57,6 @@ def _model_id(value: str) -> str:
 
 Text = Annotated[str, AfterValidator(registry.no_nul)]
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
-Symbol = Annotated[str, AfterValidator(normalize_symbol)]
 Actor = Annotated[Text, Field(min_length=1, max_length=120)]
 Reason = Annotated[Text, Field(min_length=1, max_length=10_000)]
 ModelId = Annotated[str, Field(max_length=120), AfterValidator(_model_id)]
@@ -66,7 +72,7 @@ class ArtifactBody(registry.Artifact):
 
 class RegisterBody(StrictModel):
     model_type: ModelType
-    symbol: Symbol = Field(description="e.g. BTCUSDT (stored upper-case)")
+    symbol: Symbol
     timeframe: Timeframe
     metrics: registry.Metrics
     params: dict[str, Any] = Field(default_factory=dict)

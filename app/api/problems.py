@@ -20,6 +20,10 @@ PROBLEM_MIME = "application/problem+json"
 MAX_JSON_DEPTH = 64
 # Request bodies above this are refused with 413 (performance reports are the largest).
 MAX_BODY_BYTES = 16 << 20
+# Request lines (method, path and query string) longer than this are refused with 414.
+# gunicorn's own check is off (`clm serve` sets limit_request_line=0, which its parser
+# still bounds at 1 MiB) so that the answer is problem+json, not gunicorn's HTML page.
+MAX_REQUEST_LINE = 8190
 
 
 class ApiProblem(Exception):
@@ -157,6 +161,20 @@ def refuse_nul_bytes() -> None:
                                 "must not contain NUL bytes")
 
 
+def refuse_long_request_line() -> None:
+    """414 problem+json when the request line is longer than MAX_REQUEST_LINE bytes."""
+    target = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    if not target:
+        query = request.environ.get("QUERY_STRING", "")
+        target = request.environ.get("PATH_INFO", "") + (f"?{query}" if query else "")
+    length = len(request.method) + 1 + len(target) + 1 + len(
+        request.environ.get("SERVER_PROTOCOL", "HTTP/1.1"))
+    if length > MAX_REQUEST_LINE:
+        message = f"longer than {MAX_REQUEST_LINE} bytes ({length})"
+        raise ApiProblem(414, "URI too long", f"request line is {message}",
+                         errors=[{"field": "url", "message": message}])
+
+
 def _refuse_nul_bytes_unless_protected() -> None:
     # A role-protected view checks its input after the token and role (app.api.security),
     # so a caller without them gets 401/403 whatever the input holds.
@@ -168,6 +186,7 @@ def _refuse_nul_bytes_unless_protected() -> None:
 def init_app(app: Flask) -> None:
     if app.config.get("MAX_CONTENT_LENGTH") is None:  # Flask's default: unlimited
         app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.before_request(refuse_long_request_line)
     app.before_request(_refuse_nul_bytes_unless_protected)
 
     @app.errorhandler(RequestEntityTooLarge)

@@ -7,16 +7,28 @@ the OpenAPI 3 document served at /openapi.json — one source, so docs cannot dr
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from flask import Flask, request
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from app.api.problems import ApiProblem, json_body, validation_errors
+from app.core.domain import normalize_symbol
 
 M = TypeVar("M", bound=BaseModel)
+
+# A market symbol as clients may send it (any case; stored upper-case): the one symbol
+# rule of app.core.domain, stated in the schema too so generated clients know it.
+Symbol = Annotated[
+    str,
+    Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,29}$",
+          description="e.g. BTCUSDT: 1-30 of A-Z, 0-9, '.', '_', '-' starting with a letter "
+                      "or digit (stored upper-case)"),
+    AfterValidator(normalize_symbol),
+]
 
 
 class StrictModel(BaseModel):
@@ -60,7 +72,10 @@ def parse_body(model: type[M]) -> M:
             errors=[{"field": "body", "message": "must be a JSON object"}],
         )
     try:
-        return model.model_validate(data)
+        # Strict, from JSON: a number field takes a JSON number (never `false` or
+        # "1.5"), a boolean a JSON boolean, a string a JSON string; enum values and
+        # date-times still come as the strings JSON has for them.
+        return model.model_validate_json(json.dumps(data), strict=True)
     except ValidationError as exc:
         errors = validation_errors(exc)
         raise ApiProblem(
@@ -97,6 +112,7 @@ class RouteDoc:
     query: type[BaseModel] | None = None
     responses: dict[int, str] = field(default_factory=dict)
     tag: str = "clm"
+    media_type: str = "application/json"
 
 
 def documented(
@@ -107,12 +123,14 @@ def documented(
     query: type[BaseModel] | None = None,
     responses: dict[int, str] | None = None,
     tag: str = "clm",
+    media_type: str = "application/json",
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Attach OpenAPI facts to a view function (read by `build_openapi`)."""
+    """Attach OpenAPI facts to a view function (read by `build_openapi`); `media_type` is
+    that of its success responses."""
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         func.__clm_doc__ = RouteDoc(  # type: ignore[attr-defined]
-            summary, role, body, query, dict(responses or {200: "OK"}), tag
+            summary, role, body, query, dict(responses or {200: "OK"}), tag, media_type
         )
         return func
 
@@ -138,15 +156,41 @@ _PROBLEM_SCHEMA = {
 }
 
 
-def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
-    schema = model.model_json_schema()
+def _schema_of(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
+    """`model`'s JSON schema with its nested definitions moved into `components` (every
+    `$ref` points at `#/components/schemas/...`, so the document resolves)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, sub in schema.pop("$defs", {}).items():
+        components[name] = sub
+    return schema
+
+
+def _query_parameters(model: type[BaseModel], components: dict[str, Any]) -> list[dict[str, Any]]:
+    schema = _schema_of(model, components)
     required = set(schema.get("required", []))
     params = []
     for name, prop in schema.get("properties", {}).items():
         prop = dict(prop)
         prop.pop("title", None)
-        params.append({"name": name, "in": "query", "required": name in required, "schema": prop})
+        param: dict[str, Any] = {"name": name, "in": "query", "required": name in required,
+                                 "schema": prop}
+        if "description" in prop:
+            param["description"] = prop["description"]
+        params.append(param)
     return params
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/problem+json": {
+                "schema": {"$ref": "#/components/schemas/Problem"}}}}
+
+
+# Answered by the service itself, whatever the route (app/api/problems.py): documented on
+# every operation that can get them.
+_ALWAYS = {414: "Request line (path and query string) too long"}
+_WITH_BODY = {400: "Body is not JSON, not sent as application/json, or nested too deeply",
+              413: "Body too large"}
 
 
 def build_openapi(app: Flask) -> dict[str, Any]:
@@ -180,12 +224,9 @@ def build_openapi(app: Flask) -> dict[str, Any]:
                 op["security"] = [{"bearer": []}]
                 op["description"] = f"Requires role `{doc.role}` or higher."
             if doc.query is not None:
-                op["parameters"] += _query_parameters(doc.query)
+                op["parameters"] += _query_parameters(doc.query, components)
             if doc.body is not None:
-                schema = doc.body.model_json_schema(ref_template="#/components/schemas/{model}")
-                for name, sub in schema.pop("$defs", {}).items():
-                    components[name] = sub
-                components[doc.body.__name__] = schema
+                components[doc.body.__name__] = _schema_of(doc.body, components)
                 op["requestBody"] = {
                     "required": True,
                     "content": {
@@ -196,44 +237,30 @@ def build_openapi(app: Flask) -> dict[str, Any]:
                 }
             for status, description in doc.responses.items():
                 if status >= 400:
-                    op["responses"][str(status)] = {
-                        "description": description,
-                        "content": {
-                            "application/problem+json": {
-                                "schema": {"$ref": "#/components/schemas/Problem"}
-                            }
-                        },
-                    }
-                else:
+                    op["responses"][str(status)] = _problem(description)
+                elif status == 204:
+                    op["responses"][str(status)] = {"description": description}
+                elif doc.media_type == "application/json":
                     op["responses"][str(status)] = {
                         "description": description,
                         "content": {"application/json": {"schema": {"type": "object"}}},
                     }
+                else:
+                    op["responses"][str(status)] = {
+                        "description": description,
+                        "content": {doc.media_type: {"schema": {"type": "string"}}},
+                    }
+            extra: dict[int, str] = dict(_ALWAYS)
             if doc.role:
-                for status, description in ((401, "Missing or bad token"), (403, "Role too low")):
-                    op["responses"].setdefault(
-                        str(status),
-                        {
-                            "description": description,
-                            "content": {
-                                "application/problem+json": {
-                                    "schema": {"$ref": "#/components/schemas/Problem"}
-                                }
-                            },
-                        },
-                    )
+                extra |= {401: "Missing or bad token", 403: "Role too low"}
+            if doc.body is not None:
+                extra |= _WITH_BODY
             if doc.body is not None or doc.query is not None:
-                op["responses"].setdefault(
-                    "422",
-                    {
-                        "description": "Invalid input (the offending field is named)",
-                        "content": {
-                            "application/problem+json": {
-                                "schema": {"$ref": "#/components/schemas/Problem"}
-                            }
-                        },
-                    },
-                )
+                extra[422] = "Invalid input (the offending field is named)"
+            if path_params:
+                extra[404] = "Not found"
+            for status, description in sorted(extra.items()):
+                op["responses"].setdefault(str(status), _problem(description))
             paths.setdefault(path, {})[method.lower()] = op
     return {
         "openapi": "3.1.0",

@@ -139,35 +139,74 @@ def import_file(file: Path, symbol: str, timeframe: str) -> None:
 @data.command("list")
 @click.option("--json", "as_json", is_flag=True, help="print JSON only")
 def list_series(as_json: bool) -> None:
-    """Coverage of every stored symbol/timeframe."""
-    from app.ml.data.store import MarketDataStore
+    """Coverage of every stored symbol/timeframe (a file that cannot be read is listed
+    as unreadable, and the command exits 1)."""
+    from app.ml.data.store import MarketDataStore, SeriesUnreadable
 
     store = MarketDataStore(get_settings().data_dir)
-    series = store.list()
+    series, broken = store.list_all()
     cals = _calendars() if series else {}
     # Gaps need the timestamps (not just metadata): one column per series, still fast.
     # Only bars the symbol's calendar expects count (FX weekends, exchange nights: none).
-    gaps = {(c.symbol, c.timeframe): store.gap_counts(c.symbol, c.timeframe,
-                                                      cals.get(c.symbol, "24/7"))
-            for c in series}
+    gaps: dict[tuple[str, str], tuple[int, int]] = {}
+    readable = []
+    for c in series:
+        try:
+            gaps[(c.symbol, c.timeframe)] = store.gap_counts(c.symbol, c.timeframe,
+                                                             cals.get(c.symbol, "24/7"))
+            readable.append(c)
+        except SeriesUnreadable as exc:  # metadata fine, column data not
+            broken.append(exc.as_problem())
     if as_json:
         items = []
-        for c in series:
+        for c in readable:
             count, missing = gaps[(c.symbol, c.timeframe)]
             items.append({**c.to_dict(), "gaps": count, "missing_bars": missing,
                           "calendar": cals.get(c.symbol, "24/7")})
-        click.echo(json.dumps({"items": items}))
-        return
-    if not series:
+        out: dict[str, object] = {"items": items}
+        if broken:  # only then: the healthy shape stays {"items": [...]}
+            out["unreadable"] = [b.to_dict() for b in broken]
+        click.echo(json.dumps(out))
+        sys.exit(1 if broken else 0)
+    if not readable and not broken:
         click.echo(f"no market data in {store.root}")
         return
     click.echo(
         f"{'symbol':<16} {'timeframe':<9} {'rows':>10}  {'first':<20}  {'last':<20}  "
         f"{'gaps':>6} {'missing':>8}  calendar"
     )
-    for c in series:
+    for c in readable:
         count, missing = gaps[(c.symbol, c.timeframe)]
         click.echo(
             f"{c.symbol:<16} {c.timeframe:<9} {c.rows:>10}  {_iso(c.first):<20}  "
             f"{_iso(c.last):<20}  {count:>6} {missing:>8}  {cals.get(c.symbol, '24/7')}"
         )
+    for b in broken:
+        click.echo(f"{b.symbol:<16} {b.timeframe or '-':<9} {'UNREADABLE':>10}  {b.problem}")
+    if broken:
+        click.echo(f"{len(broken)} series cannot be read: see `clm data verify`; re-import "
+                   "them or restore them from a backup (docs/OPERATIONS.md)", err=True)
+        sys.exit(1)
+
+
+@data.command("verify")
+@click.option("--json", "as_json", is_flag=True, help="print JSON only")
+def verify_series(as_json: bool) -> None:
+    """Read every stored series in full and report every problem (unreadable file, wrong
+    schema, timestamps not strictly increasing or off the grid, NaN/inf, stray files);
+    exit 1 when there is any."""
+    from app.ml.data.store import MarketDataStore
+
+    store = MarketDataStore(get_settings().data_dir)
+    problems = store.verify()
+    checked = len(store.series_files())
+    if as_json:
+        click.echo(json.dumps({"checked": checked,
+                               "problems": [p.to_dict() for p in problems]}))
+    else:
+        for p in problems:
+            click.echo(f"{p.path}: {p.symbol} {p.timeframe or '-'}: {p.problem}")
+        click.echo(f"{checked} series checked in {store.root}: "
+                   f"{len(problems) or 'no'} problem(s)")
+    sys.exit(1 if problems else 0)
+

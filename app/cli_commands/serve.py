@@ -88,6 +88,9 @@ def serve(host: str, port: int, workers: int, threads: int, timeout: int, dev: b
             # Recent gunicorn opens a control socket at one fixed path per user; two
             # servers on a host would fight over it, and CLM does not use it.
             "control_socket_disable": True,
+            # The app answers a too-long request line with problem+json 414
+            # (app.api.problems.MAX_REQUEST_LINE); gunicorn's check would send HTML.
+            "limit_request_line": 0,
             "child_exit": _mark_metrics_dead,
             # gunicorn's own lines (start-up, access log) in the same JSON shape as CLM's.
             **({"logconfig_dict": _json_logconfig(settings.log_level)} if settings.log_json

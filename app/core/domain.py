@@ -14,6 +14,7 @@ __all__ = [
     "MODEL_ID_RE",
     "REGIME_PATTERN",
     "REGIME_RE",
+    "SYMBOL_PATTERN",
     "TIMEFRAMES",
     "JobStatus",
     "ModelStatus",
@@ -93,21 +94,28 @@ def timeframe_seconds(tf: str) -> int:
         raise ValueError(f"unknown timeframe {tf!r}; allowed: {allowed}") from None
 
 
-_SYMBOL_RE = re.compile(r"[A-Z0-9._-]{1,30}")
+# The one symbol rule. A symbol names a folder of the market data store, so it starts
+# with a letter or digit: `.` and `..` (and hidden `.X` folders) can never be one.
+SYMBOL_PATTERN = r"^[A-Z0-9][A-Z0-9._-]{0,29}$"
+_SYMBOL_RE = re.compile(SYMBOL_PATTERN)
 
 
 def normalize_symbol(s: str) -> str:
-    """Upper-case ``s`` and check it is 1-30 chars of [A-Z0-9._-]; ValueError otherwise.
+    """Upper-case ``s`` and check it is 1-30 chars of [A-Z0-9._-] starting with a letter
+    or digit; ValueError otherwise.
 
     Surrounding whitespace is stripped (a pasted symbol often carries it); inner
-    characters are never rewritten, so a bad symbol is refused rather than mangled.
+    characters are never rewritten, so a bad symbol is refused rather than mangled. The
+    first-character rule makes every symbol a plain folder name: never `.`, `..` or a
+    hidden folder, whatever else the character set allows.
     """
     if not isinstance(s, str):
         raise ValueError(f"symbol must be a string, got {type(s).__name__}")
     sym = s.strip().upper()
     if not _SYMBOL_RE.fullmatch(sym):
         raise ValueError(
-            f"invalid symbol {s!r}: must be 1-30 characters of A-Z, 0-9, '.', '_' or '-'"
+            f"invalid symbol {s!r}: must be 1-30 characters of A-Z, 0-9, '.', '_' or '-', "
+            "starting with a letter or digit"
         )
     return sym
 
@@ -126,7 +134,7 @@ def make_model_id(model_type: str, symbol: str, timeframe: str) -> str:
 # The one model-id rule: `{model_type}_{symbol}_{timeframe}` (types longest first, so
 # `rl_v2_...` is not read as type `rl`).
 MODEL_ID_RE = re.compile(
-    "^(?P<type>{types})_(?P<symbol>[a-z0-9._-]{{1,30}})_(?P<tf>{tfs})$".format(
+    "^(?P<type>{types})_(?P<symbol>[a-z0-9][a-z0-9._-]{{0,29}})_(?P<tf>{tfs})$".format(
         types="|".join(sorted((t.value for t in ModelType), key=len, reverse=True)),
         tfs="|".join(re.escape(tf) for tf in TIMEFRAMES),
     )

@@ -77,7 +77,7 @@ def sha256_bytes(data: bytes) -> str:
 
 def parse_uri(uri: str) -> tuple[str, str]:
     """`cas://<sha><suffix>` → (sha, suffix); ValueError naming the URI otherwise."""
-    m = _URI_RE.match(uri) if isinstance(uri, str) else None
+    m = _URI_RE.fullmatch(uri) if isinstance(uri, str) else None
     if m is None:
         raise ValueError(f"not an artifact URI (expected cas://<64 hex sha256><suffix>): {uri!r}")
     return m.group("sha"), m.group("suffix")
@@ -96,8 +96,14 @@ class ArtifactStore:
 
     # -- bytes -------------------------------------------------------------------------
     def path_for(self, uri: str) -> Path:
+        """The file of `uri`: always `<root>/<sha[:2]>/<sha><suffix>` (the URI rule allows
+        no separator; checked again here so no URI can name a file elsewhere)."""
         sha, suffix = parse_uri(uri)
-        return self.root / sha[:2] / f"{sha}{suffix}"
+        path = self.root / sha[:2] / f"{sha}{suffix}"
+        inside = os.path.normpath(path).startswith(os.path.normpath(self.root) + os.sep)
+        if not inside or os.sep in f"{sha}{suffix}":
+            raise ValueError(f"artifact URI {uri!r} names a file outside {self.root}")
+        return path
 
     def put_bytes(self, data: bytes, *, fmt: str, suffix: str = "") -> ArtifactRef:
         """Store `data`; returns its reference. Storing the same bytes again is a no-op."""

@@ -26,9 +26,18 @@ import pyarrow.parquet as pq
 
 from app.analysis.calendars import DEFAULT_CALENDAR, missing_open_bars
 from app.core.domain import TIMEFRAMES, normalize_symbol, timeframe_seconds
+from app.core.errors import Conflict
 from app.ml.data.importer import OHLCV_COLUMNS, Gap, find_gaps, format_seconds, frame_from_arrays
 
-__all__ = ["Coverage", "DataNotFound", "MarketDataStore", "MergeReport", "SeriesMismatch"]
+__all__ = [
+    "Coverage",
+    "DataNotFound",
+    "MarketDataStore",
+    "MergeReport",
+    "SeriesMismatch",
+    "SeriesProblem",
+    "SeriesUnreadable",
+]
 
 _SCHEMA = pa.schema(
     [("timestamp", pa.timestamp("ns", tz="UTC"))] + [(c, pa.float64()) for c in OHLCV_COLUMNS]
@@ -47,6 +56,58 @@ class SeriesMismatch(ValueError):
         self.row = row
         self.reason = reason
         super().__init__(reason)
+
+
+class SeriesUnreadable(Conflict):
+    """A stored series file exists but cannot be read (truncated or corrupted Parquet,
+    wrong schema). A `Conflict` (409): the request is valid, the store's state forbids
+    it, and the same request succeeds once the series is re-imported or restored from a
+    backup (docs/OPERATIONS.md). The detail names the series, not the server's path."""
+
+    def __init__(self, symbol: str, timeframe: str, path: Path, reason: str) -> None:
+        self.symbol = symbol
+        self.timeframe = timeframe
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"the stored {symbol} {timeframe} market data cannot be read ({reason}); "
+            "re-import the series or restore it from a backup (`clm data verify` lists "
+            "every broken series)",
+            symbol=symbol, timeframe=timeframe)
+
+    @property
+    def errors(self) -> list[dict[str, str]]:
+        return [{"field": "symbol",
+                 "message": f"stored {self.symbol} {self.timeframe} data is unreadable"}]
+
+    def as_problem(self) -> SeriesProblem:
+        return SeriesProblem(self.symbol, self.timeframe, self.path, f"unreadable: {self.reason}")
+
+
+@dataclass(frozen=True)
+class SeriesProblem:
+    """One thing `MarketDataStore.verify` (or `list_all`) found wrong in the store."""
+
+    symbol: str
+    timeframe: str | None
+    path: Path
+    problem: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"symbol": self.symbol, "timeframe": self.timeframe, "path": str(self.path),
+                "problem": self.problem}
+
+
+@contextlib.contextmanager
+def _reading(symbol: str, timeframe: str, path: Path) -> Iterator[None]:
+    """pyarrow's read errors (ArrowInvalid, OSError, ...) as `SeriesUnreadable`."""
+    try:
+        yield
+    except (pa.ArrowException, OSError, KeyError, IndexError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SeriesUnreadable(symbol, timeframe, path, reason) from exc
 
 
 @dataclass(frozen=True)
@@ -96,10 +157,22 @@ class MarketDataStore:
     # ----------------------------------------------------------------- paths
 
     def path_for(self, symbol: str, timeframe: str) -> Path:
-        """Where a series lives (validates symbol and timeframe)."""
+        """Where a series lives (validates symbol and timeframe).
+
+        Defence in depth behind the symbol rule: the folder must be exactly one level
+        below the store root once resolved (no `..`, no symlink leading elsewhere), else
+        ValueError naming the symbol."""
         sym = normalize_symbol(symbol)
         timeframe_seconds(timeframe)
-        return self.root / sym / f"{timeframe}.parquet"
+        folder = self.root / sym
+        root = self.root.resolve()
+        resolved = folder.resolve()
+        if resolved.parent != root or resolved.name != sym:
+            raise ValueError(
+                f"invalid symbol {symbol!r}: its folder {folder} resolves to {resolved}, "
+                f"outside the market data store {root}"
+            )
+        return folder / f"{timeframe}.parquet"
 
     @contextlib.contextmanager
     def _locked(self, symbol: str, timeframe: str) -> Iterator[Path]:
@@ -143,7 +216,8 @@ class MarketDataStore:
             filters.append(("timestamp", ">=", lo))
         if hi is not None:
             filters.append(("timestamp", "<=", hi))
-        table = pq.read_table(path, filters=filters or None, schema=_SCHEMA)
+        with _reading(normalize_symbol(symbol), timeframe, path):
+            table = pq.read_table(path, filters=filters or None, schema=_SCHEMA)
         if table.num_rows == 0:
             raise DataNotFound(
                 f"no {normalize_symbol(symbol)} {timeframe} bars between "
@@ -153,27 +227,69 @@ class MarketDataStore:
         return _table_to_frame(table)
 
     def coverage(self, symbol: str, timeframe: str) -> Coverage | None:
-        """First/last timestamp and row count from Parquet metadata (no data read)."""
+        """First/last timestamp and row count from Parquet metadata (no data read);
+        `SeriesUnreadable` when the file is there but cannot be read."""
         path = self.path_for(symbol, timeframe)
         if not path.exists():
             return None
         return self._coverage_of(path, normalize_symbol(symbol), timeframe)
 
     def list(self) -> list[Coverage]:
-        """Coverage of every stored series, sorted by symbol then timeframe length."""
+        """Coverage of every readable stored series, sorted by symbol then timeframe
+        length (`list_all` also says which files could not be read)."""
+        return self.list_all()[0]
+
+    def list_all(self) -> tuple[list[Coverage], list[SeriesProblem]]:
+        """(coverage of every readable series, the series files that cannot be read)."""
         out: list[Coverage] = []
-        if not self.root.is_dir():
-            return out
+        broken: list[SeriesProblem] = []
         order = {tf: i for i, tf in enumerate(TIMEFRAMES)}
-        for sym_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            for file in sym_dir.glob("*.parquet"):
-                if file.stem not in TIMEFRAMES:
-                    continue
-                cov = self._coverage_of(file, sym_dir.name, file.stem)
-                if cov is not None:
-                    out.append(cov)
+        for sym, timeframe, file in self.series_files():
+            try:
+                cov = self._coverage_of(file, sym, timeframe)
+            except SeriesUnreadable as exc:
+                broken.append(SeriesProblem(sym, timeframe, file, f"unreadable: {exc.reason}"))
+                continue
+            if cov is not None:
+                out.append(cov)
         out.sort(key=lambda c: (c.symbol, order[c.timeframe]))
-        return out
+        return out, broken
+
+    def series_files(self) -> list[tuple[str, str, Path]]:
+        """(symbol, timeframe, file) of every series file in the store's layout."""
+        found: list[tuple[str, str, Path]] = []
+        if not self.root.is_dir():
+            return found
+        for sym_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            for file in sorted(sym_dir.glob("*.parquet")):
+                if file.stem in TIMEFRAMES:
+                    found.append((sym_dir.name, file.stem, file))
+        return found
+
+    def verify(self) -> list[SeriesProblem]:
+        """Every problem of the store, each file read in full: unreadable files, a wrong
+        schema, timestamps not strictly increasing or off the timeframe's grid, NaN/inf
+        values, empty files, folders and files that are not a series. Empty = healthy."""
+        problems: list[SeriesProblem] = []
+        if not self.root.is_dir():
+            return problems
+        for sym_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            try:
+                ok = normalize_symbol(sym_dir.name) == sym_dir.name
+            except ValueError:
+                ok = False
+            if not ok:
+                problems.append(SeriesProblem(sym_dir.name, None, sym_dir,
+                                              "folder name is not a valid symbol"))
+            for file in sorted(sym_dir.glob("*.parquet")):
+                if file.stem not in TIMEFRAMES:
+                    problems.append(SeriesProblem(sym_dir.name, None, file,
+                                                  "not a timeframe's file (ignored by reads)"))
+        for sym, timeframe, file in self.series_files():
+            problem = _verify_file(file, timeframe)
+            if problem is not None:
+                problems.append(SeriesProblem(sym, timeframe, file, problem))
+        return problems
 
     def gap_counts(self, symbol: str, timeframe: str,
                    calendar: str = DEFAULT_CALENDAR) -> tuple[int, int]:
@@ -182,7 +298,8 @@ class MarketDataStore:
         path = self.path_for(symbol, timeframe)
         if not path.exists():
             return 0, 0
-        ts = pq.read_table(path, columns=["timestamp"]).column("timestamp")
+        with _reading(normalize_symbol(symbol), timeframe, path):
+            ts = pq.read_table(path, columns=["timestamp"]).column("timestamp")
         ns = ts.cast(pa.int64()).to_numpy()
         bar = timeframe_seconds(timeframe) * 1_000_000_000
         if calendar == DEFAULT_CALENDAR:  # the fast path: every spacing over a bar
@@ -194,6 +311,11 @@ class MarketDataStore:
 
     @staticmethod
     def _coverage_of(path: Path, symbol: str, timeframe: str) -> Coverage | None:
+        with _reading(symbol, timeframe, path):
+            return MarketDataStore._coverage_from_metadata(path, symbol, timeframe)
+
+    @staticmethod
+    def _coverage_from_metadata(path: Path, symbol: str, timeframe: str) -> Coverage | None:
         meta = pq.ParquetFile(path).metadata
         if meta.num_rows == 0:
             return None
@@ -228,7 +350,10 @@ class MarketDataStore:
             old_ts = np.empty(0, dtype=np.int64)
             old_vals = np.empty((0, len(OHLCV_COLUMNS)))
             if path.exists():
-                old = pq.read_table(path, schema=_SCHEMA)
+                # An unreadable stored file is never silently replaced by the import:
+                # the operator decides (move it aside, then import; docs/OPERATIONS.md).
+                with _reading(sym, timeframe, path):
+                    old = pq.read_table(path, schema=_SCHEMA)
                 if old.num_rows:
                     old_ts = old.column("timestamp").cast(pa.int64()).to_numpy()
                     old_vals = np.column_stack([old.column(c).to_numpy() for c in OHLCV_COLUMNS])
@@ -294,6 +419,36 @@ class MarketDataStore:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _verify_file(path: Path, timeframe: str) -> str | None:
+    """What is wrong with one series file read in full, or None."""
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"unreadable: {first}"
+    if not table.schema.equals(_SCHEMA, check_metadata=False):
+        return f"schema is {table.schema.to_string(show_schema_metadata=False)!r}, " \
+               f"expected {_SCHEMA.to_string()!r}"
+    if table.num_rows == 0:
+        return "no rows"
+    ts = table.column("timestamp").cast(pa.int64()).to_numpy()
+    steps = np.diff(ts)
+    if steps.size and not (steps > 0).all():
+        i = int(np.argmax(steps <= 0)) + 1
+        kind = "duplicate" if steps[i - 1] == 0 else "earlier"
+        return f"timestamps not strictly increasing at row {i} ({kind} bar {_iso(ts[i])})"
+    bar = timeframe_seconds(timeframe) * 1_000_000_000
+    off = np.flatnonzero((ts - ts[0]) % bar)
+    if off.size:
+        return f"bar {_iso(ts[int(off[0])])} is off the {timeframe} grid of the first bar"
+    for c in OHLCV_COLUMNS:
+        vals = table.column(c).to_numpy()
+        bad = np.flatnonzero(~np.isfinite(vals))
+        if bad.size:
+            return f"{c} is NaN/inf at row {int(bad[0])} ({_iso(ts[int(bad[0])])})"
+    return None
 
 
 def _check_same_grid(symbol: str, timeframe: str, stored_first: int, new_ts: np.ndarray) -> None:

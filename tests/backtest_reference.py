@@ -60,7 +60,7 @@ def reference_backtest(
     sharpe = 0.0
     if len(returns) >= 2:
         sd = statistics.stdev(returns)
-        if sd > 0:
+        if sd > 1e-10 * abs(statistics.fmean(returns)):  # DESIGN: equal returns -> 0
             sharpe = statistics.fmean(returns) / sd * math.sqrt(periods_per_year)
 
     peak = 1.0

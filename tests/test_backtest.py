@@ -247,3 +247,18 @@ def test_long_series_across_many_blocks_matches_reference() -> None:
     for key in ("sharpe", "win_rate", "max_drawdown", "total_return", "profit_factor"):
         assert res.metrics[key] == pytest.approx(ref["metrics"][key], rel=1e-7), key
     assert res.metrics["trades"] == ref["metrics"]["trades"]
+
+
+def test_equal_per_bar_returns_have_sharpe_zero_not_rounding_noise() -> None:
+    """A price falling by the same factor every bar gives equal per-bar returns: their
+    std is rounding noise (~1e-17), so Sharpe is 0 as for std 0, not about -4e15 (found
+    by test_block_boundaries_do_not_change_results), whatever the block size."""
+    close = [100.0 * 0.98381600195456 ** i for i in range(4)]
+    pos = [1.0, 1.0, 1.0, -1.0]
+    saved = backtest_module._BLOCK
+    try:
+        for block in (1, 2, 3, saved):
+            backtest_module._BLOCK = block
+            assert run_backtest(close, pos, periods_per_year=252).metrics["sharpe"] == 0.0
+    finally:
+        backtest_module._BLOCK = saved

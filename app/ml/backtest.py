@@ -67,6 +67,10 @@ class BacktestResult:
         with np.errstate(divide="ignore", invalid="ignore"):
             return self.equity[1:] / self.equity[:-1] - 1.0
 
+# Per-bar returns whose std is below this fraction of their mean are equal returns up to
+# rounding: their Sharpe is 0 (like std 0), not mean / noise (≈ ±1e16).
+CONSTANT_RETURNS_RTOL = 1e-10
+
 
 def _num(x: Any) -> str:
     """A numpy scalar as plain Python repr (numpy 2 reprs read 'np.float64(…)')."""
@@ -195,7 +199,9 @@ def run_backtest(
     Metrics:
       - per-bar returns = pct change of the per-bar equity curve (n − 1 values);
         sharpe = mean / std(ddof=1) × sqrt(periods_per_year); 0.0 when there are
-        fewer than 2 returns, std is 0, or a return is not finite (equity hit 0).
+        fewer than 2 returns, std is 0 (or below CONSTANT_RETURNS_RTOL × |mean|: equal
+        returns whose std is floating-point noise), or a return is not finite (equity
+        hit 0).
       - periods_per_year: given, else 365·86400 / median bar spacing of `timestamps`
         (or of `close`'s DatetimeIndex), else 8760 with a note in `.notes`.
       - max_drawdown = max over t of 1 − E_t / max(1.0, E_0..E_t) (positive fraction).
@@ -401,7 +407,7 @@ def _metrics(
         notes.append("per-bar returns not finite (equity hit 0): sharpe set to 0")
     elif count >= 2:
         sd = math.sqrt(m2 / (count - 1))  # ddof = 1
-        if sd > 0.0:
+        if sd > CONSTANT_RETURNS_RTOL * abs(mean):
             sharpe = mean / sd * math.sqrt(ppy)
 
     n_trades = int(trade_returns.size)

@@ -3,6 +3,7 @@ token create/revoke, and serve (gunicorn) refusing an unmigrated database."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -92,6 +93,26 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _raw(port: int, request: str) -> tuple[int, str, str]:
+    """Send `request` as raw bytes; (status, content type, body) of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request.encode("latin-1"))
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+            head, sep, body = data.partition(b"\r\n\r\n")
+            if sep and b"content-length:" in head.lower():
+                length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length:")))
+                if len(body) >= length:
+                    break
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    return (int(lines[0].split()[1]), headers.get("content-type", "").split(";")[0],
+            body.decode("utf-8", "replace"))
+
+
 def test_serve_runs_the_api_under_gunicorn(sqlite_url, make_settings):
     make_settings(sqlite_url)
     raw = clm("token", "create", "--role", "viewer", "--name", "web").stdout.splitlines()[-1]
@@ -117,6 +138,20 @@ def test_serve_runs_the_api_under_gunicorn(sqlite_url, make_settings):
         with urllib.request.urlopen(request, timeout=5) as r:
             assert r.status == 200
             assert r.headers["Server"].startswith("gunicorn")
+        # Every 4xx is problem+json, whoever answers it: the app (a request line over
+        # 8190 bytes: gunicorn's own limit is off) or gunicorn itself (requests it cannot
+        # parse: a header field over its limit (431), a request line that is not HTTP).
+        answers = {
+            414: _raw(port, f"GET /clm/models?model_id={'x' * 9000} HTTP/1.1\r\n"
+                            "Host: x\r\n\r\n"),
+            431: _raw(port, f"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {'y' * 9000}"
+                            "\r\n\r\n"),
+            400: _raw(port, "NOT A REQUEST\r\n\r\n"),
+        }
+        for expected, (status, content_type, body) in answers.items():
+            assert status == expected, (expected, status, body[:200])
+            assert content_type == "application/problem+json", (expected, content_type, body)
+            assert json.loads(body)["status"] == expected
     finally:
         server.send_signal(signal.SIGTERM)
         try:

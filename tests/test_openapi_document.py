@@ -93,15 +93,6 @@ def test_every_4xx_is_problem_json(api: Any) -> None:
     assert answers[414].get_json()["errors"][0]["field"] == "url"
 
 
-def test_gunicorn_leaves_long_request_lines_to_the_app() -> None:
-    """`clm serve` turns gunicorn's HTML 414 off; the app answers problem+json."""
-    import inspect
-
-    from app.cli_commands import serve
-
-    assert '"limit_request_line": 0' in inspect.getsource(serve)
-
-
 @pytest.mark.parametrize("field,value", [
     ("degraded_sharpe", False), ("degraded_sharpe", "1.5"), ("interval_hours", True),
     ("min_trades", 2.5), ("min_trades", True), ("symbol", 12),

@@ -29,8 +29,38 @@ def _check_schema() -> None:
         raise click.ClickException(f"refusing to serve: database unreachable: {exc}") from exc
 
 
+def problem_json_server_errors() -> None:
+    """Make gunicorn's own error answers problem+json.
+
+    gunicorn answers a request it cannot parse (a malformed request line, too many or too
+    large header fields, a bad HTTP version) itself, before the app sees it, with an HTML
+    page; every 4xx of CLM is problem+json (docs/API.md), whoever answers it. gunicorn's
+    workers call `gunicorn.util.write_error` for these, so that writer is replaced (in the
+    master, before the workers fork). The status, reason and message stay gunicorn's.
+    """
+    import json
+
+    from gunicorn import util
+
+    if getattr(util.write_error, "clm_problem_json", False):
+        return
+
+    def write_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+        body = json.dumps({"type": "about:blank", "title": reason, "status": int(status_int),
+                           "detail": mesg}).encode()
+        head = (f"HTTP/1.1 {int(status_int)} {reason}\r\nConnection: close\r\n"
+                f"Content-Type: application/problem+json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+        util.write_nonblock(sock, head + body)
+
+    write_error.clm_problem_json = True  # type: ignore[attr-defined]
+    util.write_error = write_error
+
+
 def _gunicorn(options: dict[str, Any]) -> Any:
     from gunicorn.app.base import BaseApplication
+
+    problem_json_server_errors()
 
     class ClmApplication(BaseApplication):  # type: ignore[misc]
         """gunicorn without its own argv parsing: options come from `clm serve`."""

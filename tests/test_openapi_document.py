@@ -121,9 +121,10 @@ EXAMPLES = int(os.environ.get("SCHEMA_EXAMPLES", "8"))
 LEFT_OUT = {
     # Semantic refusals of schema-valid input are the service's job and are 4xx
     # problem+json naming the field: "no market data for SYMBOL", "more days than are
-    # stored", an opaque `cursor` the API never issued, trainer-specific `params`, an
-    # unknown id in the body (e.g. promote a version that does not exist). A schema
-    # cannot state which symbols have data or which cursors were issued.
+    # stored", a `cursor` of the documented shape (pattern) that the API never issued,
+    # trainer-specific `params`, an unknown id in the body (e.g. promote a version that
+    # does not exist). A schema cannot state which symbols have data or which cursors
+    # were issued.
     "positive_data_acceptance",
     # Generated resources do not exist between calls: stateful links are not declared.
     "use_after_free", "ensure_resource_availability",

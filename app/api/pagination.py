@@ -13,9 +13,17 @@ from app.api.problems import unprocessable
 from app.api.schema import QueryModel
 
 
+# Every cursor this API issues is the unpadded base64url of `{"k": <key>}`, so it starts
+# with the encoding of `{"k": ` — said in the schema, so clients (and generated tests)
+# know what a cursor looks like; an empty value means "first page".
+CURSOR_PATTERN = r"^(eyJrIjog[A-Za-z0-9_-]{0,192})?$"
+
+
 class PageQuery(QueryModel):
     limit: int = Field(50, ge=1, le=500, description="page size, 1–500")
-    cursor: str | None = Field(None, max_length=200, description="next_cursor of the previous page")
+    cursor: str | None = Field(
+        None, max_length=200, pattern=CURSOR_PATTERN,
+        description="next_cursor of the previous page (opaque: base64url of the page key)")
 
 
 def encode_cursor(last_key: Any) -> str:

@@ -12,6 +12,7 @@ keeps, and the reapers publish it again.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -108,20 +109,27 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 _apps: dict[tuple[str, str | None, str], Any] = {}
+# Request threads publish at once: celery's first import is not thread-safe (a second
+# thread sees the half-initialised lazy module: "cannot import name 'Celery'"), and one
+# app per configuration is enough. Found by tests/test_ops_load.py (gunicorn, 8 threads).
+_apps_lock = threading.Lock()
 
 
 def producer_app(settings: Settings | None = None) -> Any:
     """A task-less Celery app for `settings`' broker, one per configuration (tests switch
     brokers; Settings holds dicts, so it cannot be an lru_cache key)."""
-    from celery import Celery
-
     settings = settings or get_settings()
     key = (settings.broker_url, settings.result_backend, str(settings.var_dir))
     app = _apps.get(key)
     if app is None:
-        app = Celery("clm")
-        app.conf.update(celery_config(settings))
-        _apps[key] = app
+        with _apps_lock:
+            app = _apps.get(key)
+            if app is None:
+                from celery import Celery  # lazy: start-up (a sender needs no worker code)
+
+                app = Celery("clm")
+                app.conf.update(celery_config(settings))
+                _apps[key] = app
     return app
 
 

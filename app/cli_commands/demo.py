@@ -278,6 +278,15 @@ def _show_evaluations(jobs: list[dict[str, Any]]) -> None:
 LIVE_BATCHES = (24, 24, 48)
 
 
+def _fmt_lag(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= length:
+            return f"{seconds / length:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
 def _live_table(api: Api, versions: list[tuple[str, str, str]]) -> None:
     for model_id, version, status in versions:
         rec = api.ok("GET", f"/clm/models/{model_id}/versions/{version}/live")
@@ -334,7 +343,9 @@ def _live_data(api: Api, settings: Settings, model_id: str, say: Printer, timeou
 
         _wait(scored, timeout, f"batch {n} to be stored and scored", procs)
         f = api.ok("GET", f"/clm/data/feeds/{feed['id']}")
-        say(f"  feed {feed['id']}: last bar {f['last_bar']}, lag {_fmt(f.get('lag_s'))}s, "
+        lag = f.get("lag_s")
+        say(f"  feed {feed['id']}: last bar {f['last_bar']}, lag "
+            f"{_fmt_lag(lag)} (the synthetic series ends in the past), "
             f"error {f.get('last_error') or '-'}")
         click.echo(click.style(f"  {'model_id':<24} {'version':<22} {'status':<10} "
                                f"{'bars':>5} {'trades':>6} {'sharpe':>7} {'return':>7}",

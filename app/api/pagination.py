@@ -12,7 +12,6 @@ from pydantic import Field
 from app.api.problems import unprocessable
 from app.api.schema import QueryModel
 
-
 # Every cursor this API issues is the unpadded base64url of `{"k": <key>}`, so it starts
 # with the encoding of `{"k": ` — said in the schema, so clients (and generated tests)
 # know what a cursor looks like; an empty value means "first page".

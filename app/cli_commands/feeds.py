@@ -15,7 +15,9 @@ from typing import Any
 
 import click
 
+from app.core.config import get_settings
 from app.core.domain import TIMEFRAMES
+from app.core.errors import DomainError
 
 
 def _fail(detail: str) -> None:
@@ -41,8 +43,6 @@ def add(source: str, symbol: str, timeframe: str, exchange_symbol: str | None,
         interval_s: float | None) -> None:
     """Add a feed; prints it as JSON."""
     # lazy: start-up (`clm --help` must not import the services)
-    from app.core.config import get_settings
-    from app.core.errors import DomainError
     from app.db import transaction
     from app.services import feeds
 
@@ -62,7 +62,6 @@ def add(source: str, symbol: str, timeframe: str, exchange_symbol: str | None,
 def list_cmd(as_json: bool) -> None:
     """Every feed with its newest stored bar, lag and last error."""
     # lazy: start-up (`clm --help` must not import the services)
-    from app.core.config import get_settings
     from app.db import transaction
     from app.services import feeds
 
@@ -88,8 +87,6 @@ def list_cmd(as_json: bool) -> None:
 def remove(feed_id: int) -> None:
     """Remove feed FEED_ID (the stored bars stay)."""
     # lazy: start-up (`clm --help` must not import the services)
-    from app.core.config import get_settings
-    from app.core.errors import DomainError
     from app.db import transaction
     from app.services import feeds
 
@@ -107,8 +104,6 @@ def poll(feed_id: int | None) -> None:
     """Poll FEED_ID (or every enabled feed) now; prints what each poll did as JSON.
     Exits 1 when a poll recorded an error."""
     # lazy: start-up (`clm --help` must not import the data stack)
-    from app.core.config import get_settings
-    from app.core.errors import DomainError
     from app.flows.feeds import poll_all
 
     try:

@@ -15,6 +15,9 @@ import sys
 
 import click
 
+from app.core.config import get_settings
+from app.core.errors import DomainError, InvalidInput
+
 _OPTION = {"calendar": "--calendar", "fee_bps": "--fee-bps", "slippage_bps": "--slippage-bps"}
 
 
@@ -23,7 +26,6 @@ def _database_url() -> str:
     # lazy: start-up
     from sqlalchemy.exc import SQLAlchemyError
 
-    from app.core.config import get_settings
     from app.migrate import DatabaseNotAtHead, assert_at_head
 
     url = get_settings().database_url
@@ -50,8 +52,6 @@ def set_(symbol: str, calendar: str | None, fee_bps: float | None,
          slippage_bps: float | None) -> None:
     """Set SYMBOL's calendar and costs."""
     # lazy: start-up (`clm --help` must not import the services and the data stack)
-    from app.core.config import get_settings
-    from app.core.errors import DomainError, InvalidInput
     from app.db import transaction
     from app.services.instruments import set_instrument
 
@@ -74,8 +74,6 @@ def set_(symbol: str, calendar: str | None, fee_bps: float | None,
 def show(symbol: str) -> None:
     """SYMBOL's instrument (the defaults when none is set)."""
     # lazy: start-up
-    from app.core.config import get_settings
-    from app.core.errors import DomainError
     from app.db import transaction
     from app.services.instruments import get_instrument
 
@@ -93,7 +91,6 @@ def show(symbol: str) -> None:
 def list_() -> None:
     """The configured instruments as JSON (`{"items": [...]}`)."""
     # lazy: start-up
-    from app.core.config import get_settings
     from app.db import transaction
     from app.services.instruments import list_instruments
 

@@ -142,6 +142,43 @@ def test_production_and_shadow_scored_each_tick_equal_backtest_and_full_recomput
     assert bad.status_code == 404 and bad.mimetype == "application/problem+json"
 
 
+def test_serving_follows_the_champion_of_the_regime_the_market_is_in(settings, client, auth):
+    """With regime champions, /serving names the champion of the regime the market is in
+    now (the regime check's rule on the last bars); a champion of another regime changes
+    the regime map (and so the tag) but not the version to run."""
+    from app.db import transaction
+    from app.services import serving
+    from app.services.checks.regime import consider_regime_champion
+
+    frame = _planted()
+    seed_market(settings, frame.iloc[:N_FIRST])
+    prod, shadow = _two_versions(settings, frame)
+    url = f"/clm/models/{prod['model_id']}/serving"
+    with transaction(settings.database_url) as session:
+        now = serving.current_regime(session, settings, prod["model_id"])
+    assert now is not None  # the planted series has a clear regime in its last bars
+    other = "a-regime-not-now"
+    with transaction(settings.database_url, immediate=True) as session:
+        assert consider_regime_champion(session, model_id=prod["model_id"], regime=other,
+                                        version=shadow["version"], metrics={"sharpe": 2.0},
+                                        passed=True)
+    body = client.get(url, headers=auth("viewer")).get_json()
+    assert body["version"] == prod["version"] and body["current_regime"] == now
+    assert body["regimes"][other]["version"] == shadow["version"]
+    before = client.get(url, headers=auth("viewer")).headers["ETag"]
+    with transaction(settings.database_url, immediate=True) as session:
+        assert consider_regime_champion(session, model_id=prod["model_id"], regime=now,
+                                        version=shadow["version"], metrics={"sharpe": 2.0},
+                                        passed=True)
+    r = client.get(url, headers={**auth("viewer"), "If-None-Match": before})
+    assert r.status_code == 200 and r.headers["ETag"] != before
+    body = r.get_json()
+    assert (body["version"], body["regime"], body["current_regime"]) == (
+        shadow["version"], now, now)
+    assert body["allocation"] == {shadow["version"]: 1.0}
+    assert body["artifact"]["sha256"] == shadow["artifact"]["sha256"]
+
+
 def test_serving_etag_changes_exactly_when_production_changes(settings, client, auth):
     from app.db import transaction
     from app.services import registry

@@ -54,7 +54,7 @@ def live_record(model_id: str, version: str) -> Any:
 @require_role("viewer")
 def serving_view(model_id: str) -> Any:
     with transaction(_settings().database_url) as session:
-        answer, etag = serving.serving_view(session, model_id)
+        answer, etag = serving.serving_view(session, model_id, _settings())
     cached = _not_modified(etag)
     if cached is not None:
         return cached

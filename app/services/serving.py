@@ -1,7 +1,8 @@
 """What a consumer should run now: the serving answer and the artifact behind it.
 
-Owns `serving_view` (GET /clm/models/{model_id}/serving: the production version, its
-artifact, the allocation weights and the regime champions, with an ETag that is a hash
+Owns `serving_view` (GET /clm/models/{model_id}/serving: the version to use now — the
+production version, or the champion of the regime the market is in — its artifact, the
+allocation weights and the regime champions, with an ETag that is a hash
 of exactly that answer, so it changes exactly when what to run changes) and
 `artifact_bytes` (GET …/versions/{version}/artifact: the version's artifact, verified
 against its sha256 by app.ml.artifacts.ArtifactStore). Reads only.
@@ -16,14 +17,19 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.analysis.regime import classify_current
 from app.core.config import Settings
 from app.core.errors import NotFound
 from app.ml.artifacts import ArtifactNotFound, ArtifactStore
 from app.models.continuous import RegimeChampion
 from app.models.registry import ModelVersion
 from app.services import registry
+from app.services.production import production_context
 
-__all__ = ["artifact_bytes", "artifact_path", "serving_view"]
+__all__ = ["artifact_bytes", "artifact_path", "current_regime", "serving_view"]
+
+# Bars the current regime is told from (the regime check's window).
+REGIME_BARS = 2000
 
 
 def artifact_path(model_id: str, version: str) -> str:
@@ -39,10 +45,33 @@ def _artifact(row: ModelVersion) -> dict[str, Any] | None:
             "download": artifact_path(row.model_id, row.version)}
 
 
-def serving_view(session: Session, model_id: str) -> tuple[dict[str, Any], str]:
+def current_regime(session: Session, settings: Settings, model_id: str,
+                   bars: int = REGIME_BARS) -> str | None:
+    """The market's regime now for `model_id`'s series: the majority label of the last
+    bars (app.analysis.regime.classify_current, the regime check's rule, with the
+    production version's training thresholds). None when it cannot be told (too few
+    bars, no data, an unreadable series) or no label holds a majority."""
+    ctx = production_context(session, settings, model_id)
+    if ctx is None:
+        return None
+    try:
+        state = classify_current(ctx.read_bars(None, last=bars), ctx.training_regimes(None))
+    except (LookupError, OSError, ValueError):  # no or unreadable data: serve production
+        return None
+    return state.label if state.label is not None and state.share > 0.5 else None
+
+
+def serving_view(session: Session, model_id: str, settings: Settings | None = None
+                 ) -> tuple[dict[str, Any], str]:
     """(answer, etag) for `model_id`. NotFound when the model is unknown or nothing is in
     production. `download` is a path (the API makes it absolute); the ETag is computed on
-    the answer with paths, so every host answers the same tag."""
+    the answer with paths, so every host answers the same tag.
+
+    The version to use now is the production version, unless regime champions exist and
+    the market is in a regime whose champion is another version (`settings` given): then
+    that champion, with `current_regime` naming the regime. The answer holds the regime's
+    label, not its share or volatility, so the ETag changes when what to run changes,
+    not on every bar."""
     prod_dict = registry.get_production(session, model_id)
     if prod_dict is None:
         if not registry.model_known(session, model_id):
@@ -65,8 +94,17 @@ def serving_view(session: Session, model_id: str) -> tuple[dict[str, Any], str]:
         "model_id": model_id, "version": prod.version, "status": "production",
         "regime": prod.regime, "artifact": _artifact(prod),
         "allocation": {prod.version: 1.0},
+        "current_regime": None,
         "regimes": regimes,
     }
+    if regimes and settings is not None:
+        label = current_regime(session, settings, model_id)
+        answer["current_regime"] = label
+        champ = regimes.get(label or "")
+        if champ is not None and champ["artifact"] is not None:
+            answer.update(version=champ["version"], status=champ["status"], regime=label,
+                          artifact=dict(champ["artifact"]),
+                          allocation={champ["version"]: 1.0})
     canon = json.dumps(answer, sort_keys=True, separators=(",", ":"))
     return answer, hashlib.sha256(canon.encode("utf-8")).hexdigest()[:32]
 

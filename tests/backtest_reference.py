@@ -60,7 +60,8 @@ def reference_backtest(
     sharpe = 0.0
     if len(returns) >= 2:
         sd = statistics.stdev(returns)
-        if sd > 1e-10 * abs(statistics.fmean(returns)):  # DESIGN: equal returns -> 0
+        # Constant up to rounding (std below 1e-10 × |mean| or below 1e-12): Sharpe 0.
+        if sd > max(1e-10 * abs(statistics.fmean(returns)), 1e-12):
             sharpe = statistics.fmean(returns) / sd * math.sqrt(periods_per_year)
 
     peak = 1.0

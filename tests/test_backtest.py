@@ -262,3 +262,13 @@ def test_equal_per_bar_returns_have_sharpe_zero_not_rounding_noise() -> None:
             assert run_backtest(close, pos, periods_per_year=252).metrics["sharpe"] == 0.0
     finally:
         backtest_module._BLOCK = saved
+
+
+def test_a_one_ulp_price_move_has_sharpe_zero_like_the_reference() -> None:
+    """Returns of about 1e-16 (a price moving by one ulp) are rounding, not a strategy:
+    Sharpe 0 in the backtest and in the reference (found by the reference property test:
+    the two disagreed, 0.0 vs 11.2, on the same noise)."""
+    close, pos = [100.0, 99.99999999999997, 99.99999999999997], [-1.0, -1.0, -1.0]
+    fast = run_backtest(close, pos, periods_per_year=252)
+    slow = reference_backtest(close, pos, periods_per_year=252)
+    assert fast.metrics["sharpe"] == slow["metrics"]["sharpe"] == 0.0

@@ -67,9 +67,17 @@ class BacktestResult:
         with np.errstate(divide="ignore", invalid="ignore"):
             return self.equity[1:] / self.equity[:-1] - 1.0
 
-# Per-bar returns whose std is below this fraction of their mean are equal returns up to
-# rounding: their Sharpe is 0 (like std 0), not mean / noise (≈ ±1e16).
+# Per-bar returns whose std is below this fraction of their mean, or below
+# CONSTANT_RETURNS_ATOL (per-bar returns carry ~1e-16 of rounding each), are constant up to
+# rounding: their Sharpe is 0 (like std 0), not mean / noise (≈ ±1e16, or any value at all
+# when a price moves by one ulp).
 CONSTANT_RETURNS_RTOL = 1e-10
+CONSTANT_RETURNS_ATOL = 1e-12
+
+
+def returns_vary(sd: float, mean: float) -> bool:
+    """True when per-bar returns with std `sd` and mean `mean` vary beyond rounding."""
+    return sd > max(CONSTANT_RETURNS_RTOL * abs(mean), CONSTANT_RETURNS_ATOL)
 
 
 def _num(x: Any) -> str:
@@ -199,9 +207,8 @@ def run_backtest(
     Metrics:
       - per-bar returns = pct change of the per-bar equity curve (n − 1 values);
         sharpe = mean / std(ddof=1) × sqrt(periods_per_year); 0.0 when there are
-        fewer than 2 returns, std is 0 (or below CONSTANT_RETURNS_RTOL × |mean|: equal
-        returns whose std is floating-point noise), or a return is not finite (equity
-        hit 0).
+        fewer than 2 returns, std is 0 (or rounding noise: see `returns_vary`), or a
+        return is not finite (equity hit 0).
       - periods_per_year: given, else 365·86400 / median bar spacing of `timestamps`
         (or of `close`'s DatetimeIndex), else 8760 with a note in `.notes`.
       - max_drawdown = max over t of 1 − E_t / max(1.0, E_0..E_t) (positive fraction).
@@ -407,7 +414,7 @@ def _metrics(
         notes.append("per-bar returns not finite (equity hit 0): sharpe set to 0")
     elif count >= 2:
         sd = math.sqrt(m2 / (count - 1))  # ddof = 1
-        if sd > CONSTANT_RETURNS_RTOL * abs(mean):
+        if returns_vary(sd, mean):
             sharpe = mean / sd * math.sqrt(ppy)
 
     n_trades = int(trade_returns.size)

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from app.ml.backtest import CONSTANT_RETURNS_RTOL
+from app.ml.backtest import returns_vary
 from app.ml.evolution.space import TradingRules
 
 __all__ = ["LiveBook", "RuleState"]
@@ -150,7 +150,7 @@ class LiveBook:
         sharpe = 0.0
         if finite and count >= 2:
             sd = math.sqrt(m2 / (count - 1))
-            if sd > CONSTANT_RETURNS_RTOL * abs(mean):
+            if returns_vary(sd, mean):
                 sharpe = mean / sd * math.sqrt(self.periods_per_year)
         peak = max(self.peak, e_final)
         worst = min(self.worst_ratio, e_final / peak)

@@ -15,25 +15,11 @@ import sys
 
 import click
 
+from app.cli_commands.common import migrated_database_url
 from app.core.config import get_settings
 from app.core.errors import DomainError, InvalidInput
 
 _OPTION = {"calendar": "--calendar", "fee_bps": "--fee-bps", "slippage_bps": "--slippage-bps"}
-
-
-def _database_url() -> str:
-    """The configured database, refused unless migrated (a clear message, no traceback)."""
-    # lazy: start-up
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from app.migrate import DatabaseNotAtHead, assert_at_head
-
-    url = get_settings().database_url
-    try:
-        assert_at_head(url)
-    except (DatabaseNotAtHead, SQLAlchemyError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    return url
 
 
 @click.group()
@@ -57,7 +43,7 @@ def set_(symbol: str, calendar: str | None, fee_bps: float | None,
 
     settings = get_settings()
     try:
-        with transaction(_database_url(), immediate=True) as session:
+        with transaction(migrated_database_url(), immediate=True) as session:
             item = set_instrument(session, settings, symbol, calendar=calendar,
                                   fee_bps=fee_bps, slippage_bps=slippage_bps, actor="cli")
     except InvalidInput as exc:
@@ -79,7 +65,7 @@ def show(symbol: str) -> None:
 
     settings = get_settings()
     try:
-        with transaction(_database_url()) as session:
+        with transaction(migrated_database_url()) as session:
             item = get_instrument(session, settings, symbol)
     except DomainError as exc:
         click.echo(f"error: SYMBOL: {exc.detail}", err=True)
@@ -95,6 +81,6 @@ def list_() -> None:
     from app.services.instruments import list_instruments
 
     settings = get_settings()
-    with transaction(_database_url()) as session:
+    with transaction(migrated_database_url()) as session:
         items = list_instruments(session, settings)
     click.echo(json.dumps({"items": items}, indent=2))

@@ -7,24 +7,11 @@ scripts can take it with `| tail -n 1`.
 from __future__ import annotations
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
 
-from app.core.config import get_settings
+from app.cli_commands.common import migrated_database_url
 from app.core.timeutil import isoformat
 
 ROLES = ("viewer", "operator", "admin")
-
-
-def _database_url() -> str:
-    """The configured database, refused unless migrated (a clear message, no traceback)."""
-    from app.migrate import DatabaseNotAtHead, assert_at_head
-
-    url = get_settings().database_url
-    try:
-        assert_at_head(url)
-    except (DatabaseNotAtHead, SQLAlchemyError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    return url
 
 
 @click.group()
@@ -42,7 +29,7 @@ def create(role: str, name: str) -> None:
 
     if not name.strip() or len(name.strip()) > 120:
         raise click.BadParameter("must be 1–120 characters", param_hint="'--name'")
-    url = _database_url()
+    url = migrated_database_url()
     with transaction(url) as session:
         raw = create_token(session, role=role, name=name, actor="cli")
     click.echo(f"Created {role} token {name.strip()!r}. It is shown only once; store it now:")
@@ -56,7 +43,7 @@ def revoke(name: str) -> None:
     from app.db import transaction
     from app.services.auth import revoke_token
 
-    url = _database_url()
+    url = migrated_database_url()
     with transaction(url) as session:
         count = revoke_token(session, name.strip(), actor="cli")
     if count == 0:
@@ -72,7 +59,7 @@ def list_tokens() -> None:
     from app.db import transaction
     from app.models.registry import ApiToken
 
-    url = _database_url()
+    url = migrated_database_url()
     with transaction(url) as session:
         rows = session.scalars(select(ApiToken).order_by(ApiToken.id)).all()
         for row in rows:

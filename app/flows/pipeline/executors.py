@@ -12,6 +12,9 @@ error fails the job with the step that failed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+
+from sqlalchemy.orm import Session
 
 from app.bus.producer import send
 from app.core.config import Settings
@@ -64,6 +67,19 @@ def _pool_process_terminating() -> bool:
     return bool(terminate_handler_fired())
 
 
+def _release_for_retry(settings: Settings, jl: logging.LoggerAdapter,  # type: ignore[type-arg]
+                       release: Callable[[Session], None]) -> None:
+    """Hand a lease back after a transient error so the task's retry can claim at once.
+    The error itself is re-raised by the caller; when the database is still away the
+    release fails too — said in the log — and the lease expires for the reaper instead."""
+    try:
+        with transaction(settings.database_url) as session:
+            release(session)
+    except Exception as exc:
+        jl.warning("could not release the lease (%s: %s); it expires and the reaper "
+                   "recovers the work", type(exc).__name__, exc)
+
+
 def execute_stage(settings: Settings, job_id: str, stage: JobStage | str,
                   worker: str | None = None) -> str:
     """Run one single-task stage of a job (prepare, evaluate or register).
@@ -99,11 +115,8 @@ def execute_stage(settings: Settings, job_id: str, stage: JobStage | str,
     except Exception as exc:
         if is_transient(exc):
             jl.warning("transient error in %s (%s); retrying", run.current_step, exc)
-            try:
-                with transaction(settings.database_url) as session:
-                    jobs.release_stage_lease(session, settings, job_id, owner)
-            except Exception:
-                pass  # database still away: the lease expires and the reaper recovers
+            _release_for_retry(settings, jl, lambda s: jobs.release_stage_lease(
+                s, settings, job_id, owner))
             raise
         jl.exception("step %s failed", run.current_step)
         _fail(settings, job_id, owner, run.current_step, exc)
@@ -141,11 +154,8 @@ def execute_work_item(settings: Settings, job_id: str, kind: WorkKind | str, fol
     except Exception as exc:
         if is_transient(exc):
             jl.warning("transient error on %s %d (%s); retrying", kind.value, fold, exc)
-            try:
-                with transaction(settings.database_url) as session:
-                    jobs.release_item_lease(session, settings, job_id, kind, fold, owner)
-            except Exception:
-                pass
+            _release_for_retry(settings, jl, lambda s: jobs.release_item_lease(
+                s, settings, job_id, kind, fold, owner))
             raise
         jl.exception("%s %d failed", kind.value, fold)
         label = f"{kind.value} {fold}" if kind != WorkKind.FINAL else None

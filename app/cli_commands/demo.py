@@ -336,10 +336,9 @@ def _live_data(api: Api, settings: Settings, model_id: str, say: Printer, timeou
             f = api.ok("GET", f"/clm/data/feeds/{feed['id']}")
             if not f.get("last_bar") or pd.Timestamp(f["last_bar"]) < target:
                 return False
-            return all(api.ok("GET", f"/clm/models/{m}/versions/{v}/live").get("last_bar")
-                       and pd.Timestamp(api.ok(
-                           "GET", f"/clm/models/{m}/versions/{v}/live")["last_bar"]) >= target
-                       for m, v, _ in watched)
+            lasts = [api.ok("GET", f"/clm/models/{m}/versions/{v}/live").get("last_bar")
+                     for m, v, _ in watched]
+            return all(last and pd.Timestamp(last) >= target for last in lasts)
 
         _wait(scored, timeout, f"batch {n} to be stored and scored", procs)
         f = api.ok("GET", f"/clm/data/feeds/{feed['id']}")

@@ -304,7 +304,7 @@ def test_pods_run_as_the_image_user_on_a_read_only_root(objects):
         spec = pod_spec(workload)
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["securityContext"]["runAsUser"] == uid != 0
-        # Service links would set CLM_WEB_PORT / FLOWER_PORT to tcp://… in the pods.
+        # Service links would set CLM_WEB_PORT, CLM_FLOWER_PORT, … to tcp://… in the pods.
         assert spec["enableServiceLinks"] is False
         volumes = {v["name"]: v for v in spec["volumes"]}
         # Pods share no volume: only per-pod scratch space.

@@ -8,9 +8,12 @@ COPY app ./app
 COPY workers ./workers
 COPY migrations ./migrations
 RUN pip install .
-# The volume mount points exist and belong to clm, so new named volumes do too.
-RUN useradd --create-home clm && mkdir -p /var/clm/data /var/clm/artifacts && chown -R clm /var/clm
-USER clm
+# The volume mount points exist and belong to clm, so new named volumes do too. A fixed,
+# numeric uid: Kubernetes' runAsNonRoot can only verify a numeric USER, and
+# deploy/kubernetes runs its pods as this uid.
+RUN groupadd --gid 1000 clm && useradd --uid 1000 --gid clm --create-home clm \
+    && mkdir -p /var/clm/data /var/clm/artifacts && chown -R clm:clm /var/clm
+USER 1000:1000
 ENV CLM_VAR_DIR=/var/clm CLM_DATA_DIR=/var/clm/data CLM_ARTIFACT_ROOT=/var/clm/artifacts
 VOLUME ["/var/clm/data", "/var/clm/artifacts"]
 EXPOSE 8000 5555

@@ -1,11 +1,14 @@
-"""Procfile and compose.yaml: valid, and describing the same processes."""
+"""Procfile, compose.yaml and the Dockerfile: valid, and describing the same processes."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -93,3 +96,49 @@ def test_compose_file_is_valid_for_docker_compose():
         pytest.skip("no docker compose client on this machine")
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per Dockerfile instruction, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    instructions = []
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            word, _, rest = line.strip().partition(" ")
+            instructions.append((word.upper(), rest.strip()))
+    return instructions
+
+
+def dockerfile_user() -> str:
+    """The uid the image runs as (its last USER, without the group)."""
+    users = [rest for word, rest in dockerfile_instructions() if word == "USER"]
+    assert users, "the Dockerfile sets no USER: the image would run as root"
+    return users[-1].split(":")[0]
+
+
+def test_dockerfile_runs_clm_as_a_non_root_user_without_build_secrets():
+    instructions = dockerfile_instructions()
+    uid = dockerfile_user()
+    assert uid.isdigit() and int(uid) != 0, uid  # numeric: runAsNonRoot can verify it
+    # The uid the image creates its user with is the one it switches to.
+    runs = " ".join(rest for word, rest in instructions if word == "RUN")
+    assert re.search(rf"useradd [^&]*--uid {uid}\b", runs), runs
+    # The `clm` console script (pyproject's [project.scripts]) is what the image runs.
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert "clm" in scripts
+    (cmd,) = [json.loads(rest) for word, rest in instructions if word == "CMD"]
+    assert cmd[0] == "clm"
+    assert not [rest for word, rest in instructions if word == "ENTRYPOINT"]
+    # No build-time secrets: no ARG or ENV named like one, no secret mounts, and only the
+    # project's own source is copied (never a .env or a credentials file).
+    secret_name = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|CREDENTIAL|AUTH", re.I)
+    for word, rest in instructions:
+        if word in {"ARG", "ENV"}:
+            names = re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=", rest) or [rest.split("=")[0]]
+            assert not any(secret_name.search(name) for name in names), (word, rest)
+        assert "--mount=type=secret" not in rest
+        if word in {"COPY", "ADD"}:
+            sources = rest.split()[:-1]
+            assert all(not s.startswith(".env") and "secret" not in s.lower()
+                       for s in sources), rest
+            assert word == "COPY", "ADD can fetch URLs at build time"

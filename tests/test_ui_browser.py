@@ -45,6 +45,7 @@ def console(postgres_dbs: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
     cs.register(url, cs.OTHER, 1.2)
     search_id = cs.add_search(url, cs.MODEL)
     cs.add_live_record(url, cs.MODEL, prod)
+    job_id = cs.add_job(settings)
     app = create_app(settings)
     with serve(app) as base, chromium() as browser:
         api = requests.Session()
@@ -54,7 +55,7 @@ def console(postgres_dbs: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
         assert r.status_code == 200, r.text
         yield {"base": base, "browser": browser, "tokens": tokens, "api": api,
                "versions": {"old": old, "prod": prod, "newest": newest},
-               "search_id": search_id}
+               "search_id": search_id, "job_id": job_id}
     postgres_dbs.drop(url)
 
 
@@ -211,7 +212,21 @@ def test_jobs_triggers_and_searches_pages(console: dict) -> None:
         assert page.locator("h1").text_content()
         _assert_accessible(page)
         _shot(page, name)
+    job = _api(console, f"/clm/jobs/{console['job_id']}")
+    page.goto(f"{console['base']}/ui/jobs")
+    row = page.locator(f"tr[data-job-id='{job['job_id']}']")
+    assert row.locator(".pct").text_content() == f"{round(job['progress'] * 100)} %"
+    assert row.locator(".badge").first.text_content() == job["status"]
+    row.locator("a").click()
+    page.wait_for_url(f"**/ui/jobs/{job['job_id']}")
+    assert page.locator("#steps tbody tr").count() == len(job["steps"])
+    for step in job["steps"]:
+        assert page.locator(f"tr[data-step='{step['name']}'] .badge").text_content() == (
+            step["status"])
+    _assert_accessible(page)
+    _shot(page, "job")
     search_id = console["search_id"]
+    page.get_by_role("link", name="Strategy searches").click()
     page.locator(f"tr[data-search-id='{search_id}'] a").click()
     page.wait_for_url(f"**/ui/searches/{search_id}")
     search = _api(console, f"/clm/searches/{search_id}")

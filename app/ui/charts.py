@@ -64,8 +64,11 @@ def _frame(title: str, desc: str, body: str, *, css: str, x_label: str = "", y_l
                      f'y2="{y:.1f}"/><text class="tick" x="{PAD_L - 4}" y="{y + 4:.1f}" '
                      f'text-anchor="end">{_esc(label)}</text>')
     for x, label in x_ticks:
+        # Labels at the ends grow inwards so they are never cut off at the frame.
+        anchor = ("start" if x < PAD_L + 30 else "end" if x > WIDTH - PAD_R - 30
+                  else "middle")
         parts.append(f'<text class="tick" x="{x:.1f}" y="{HEIGHT - PAD_B + 14}" '
-                     f'text-anchor="middle">{_esc(label)}</text>')
+                     f'text-anchor="{anchor}">{_esc(label)}</text>')
     if y_label:
         parts.append(f'<text class="axis-label" x="{PAD_L + 4}" y="{PAD_T + 12}">'
                      f"↑ {_esc(y_label)}</text>")

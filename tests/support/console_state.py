@@ -106,3 +106,18 @@ def add_search(url: str, model_id: str) -> str:
                     objectives={"sharpe": sharpe, "max_drawdown": drawdown},
                     pareto=gen == 2 and i in (0, 3, 5)))
     return search_id
+
+
+def add_job(settings: Any) -> str:
+    """A queued training job (nothing runs it: its steps stay pending), on stored data."""
+    from app.ml.data.store import MarketDataStore
+    from app.ml.data.synthetic import generate_ohlcv
+    from app.services import jobs
+
+    MarketDataStore(settings.data_dir).merge("PLANTED", "1h",
+                                             generate_ohlcv("planted", 2000, seed=1))
+    with transaction(settings.database_url) as session:
+        job = jobs.create_training_job(session, settings, model_type="xgboost",
+                                       symbol="PLANTED", timeframe="1h",
+                                       dataset_span_days=30, params={"n_estimators": 10})
+    return str(job["job_id"])

@@ -46,6 +46,7 @@ def console(postgres_dbs: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
     search_id = cs.add_search(url, cs.MODEL)
     cs.add_live_record(url, cs.MODEL, prod)
     job_id = cs.add_job(settings)
+    cs.add_drift_report(url, cs.MODEL, prod)
     app = create_app(settings)
     with serve(app) as base, chromium() as browser:
         api = requests.Session()
@@ -212,6 +213,15 @@ def test_jobs_triggers_and_searches_pages(console: dict) -> None:
         assert page.locator("h1").text_content()
         _assert_accessible(page)
         _shot(page, name)
+    page.goto(f"{console['base']}/ui/triggers")
+    decision = _api(console, "/clm/triggers")["items"][0]
+    row = page.locator(f"#decisions tr[data-decision-id='{decision['id']}']")
+    assert row.locator(".badge").text_content() == decision["outcome"]
+    assert decision["reason"] in row.text_content()
+    drift = _api(console, "/clm/drift")["items"][0]
+    cell = page.locator(f"#drift tr[data-report-id='{drift['id']}'] "
+                        "[data-metric='prediction_psi']")
+    assert cell.text_content() == f"{drift['prediction_psi']:.4f}"
     job = _api(console, f"/clm/jobs/{console['job_id']}")
     page.goto(f"{console['base']}/ui/jobs")
     row = page.locator(f"tr[data-job-id='{job['job_id']}']")

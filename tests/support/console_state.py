@@ -109,15 +109,31 @@ def add_search(url: str, model_id: str) -> str:
 
 
 def add_job(settings: Any) -> str:
-    """A queued training job (nothing runs it: its steps stay pending), on stored data."""
+    """A manual training request as POST /clm/train records it (its trigger decision and
+    a queued job that nothing runs: its steps stay pending), on stored data."""
+    from app.flows.training import request_training
     from app.ml.data.store import MarketDataStore
     from app.ml.data.synthetic import generate_ohlcv
-    from app.services import jobs
 
     MarketDataStore(settings.data_dir).merge("PLANTED", "1h",
                                              generate_ohlcv("planted", 2000, seed=1))
     with transaction(settings.database_url) as session:
-        job = jobs.create_training_job(session, settings, model_type="xgboost",
-                                       symbol="PLANTED", timeframe="1h",
-                                       dataset_span_days=30, params={"n_estimators": 10})
-    return str(job["job_id"])
+        outcome = request_training(session, settings, model_type="xgboost",
+                                   symbol="PLANTED", timeframe="1h", dataset_span_days=30,
+                                   params={"n_estimators": 10}, source="test")
+    assert outcome.job is not None
+    return str(outcome.job["job_id"])
+
+
+def add_drift_report(url: str, model_id: str, version: str) -> None:
+    """A drift check's report as the periodic check stores it (two features, one drifted)."""
+    from app.models.continuous import DriftReport
+
+    features = {"ret_1": {"psi": 0.31, "ks": 0.21, "drifted": True},
+                "rsi_14": {"psi": 0.04, "ks": 0.05, "drifted": False}}
+    with transaction(url) as session:
+        session.add(DriftReport(
+            model_id=model_id, version=version, status="ok", drifted=True, rows=500,
+            features_total=2, features_drifted=1, share_drifted=0.5, prediction_psi=0.2718,
+            prediction_ks=0.12, psi_threshold=0.2, feature_share_threshold=0.3,
+            ks_threshold=0.1, features=features))

@@ -255,7 +255,8 @@ class Client:
 
     def promote(self, model_id: str, version: str, *, reason: str, promoted_by: str,
                 force: bool = False) -> dict[str, Any]:
-        """POST /clm/promote (role admin): {"model_id", "production", "retired", "noop"}."""
+        """POST /clm/promote (role admin): {"model_id", "production" (the version),
+        "retired", "noop"}."""
         result: dict[str, Any] = self._json("POST", "/clm/promote", body={
             "model_id": model_id, "version": version, "reason": reason,
             "promoted_by": promoted_by, "force": force})

@@ -197,6 +197,9 @@ def test_admin_promotes_with_a_reason(console: dict) -> None:
     assert audit[0]["version"] == target and audit[0]["reason"] == reason
     assert audit[0]["actor"] == "token:ui-admin"
     assert page.locator("#timeline td.reason").first.text_content() == reason
+    # The timeline chart: one band per production period (setup's promotion, then ours).
+    assert page.locator("svg.timeline rect.band").count() == 2
+    _shot(page, "model-after-promote")
     page.get_by_role("link", name="Audit").click()
     page.wait_for_url("**/ui/audit")
     assert page.locator("#audit td.reason").first.text_content() == reason

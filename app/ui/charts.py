@@ -51,29 +51,29 @@ def _span(lo: float, hi: float) -> tuple[float, float]:
 
 def _frame(title: str, desc: str, body: str, *, css: str, x_label: str = "", y_label: str = "",
            y_ticks: Sequence[tuple[float, str]] = (), x_ticks: Sequence[tuple[float, str]] = (),
-           ) -> Markup:
+           width: int = WIDTH, height: int = HEIGHT) -> Markup:
     n = next(_ids)
-    parts = [f'<svg class="chart {css}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
+    parts = [f'<svg class="chart {css}" viewBox="0 0 {width} {height}" role="img" '
              f'aria-labelledby="chart-t{n} chart-d{n}" xmlns="http://www.w3.org/2000/svg">',
              f'<title id="chart-t{n}">{_esc(title)}</title>',
              f'<desc id="chart-d{n}">{_esc(desc)}</desc>',
-             f'<rect class="plot-area" x="{PAD_L}" y="{PAD_T}" width="{WIDTH - PAD_L - PAD_R}"'
-             f' height="{HEIGHT - PAD_T - PAD_B}"/>']
+             f'<rect class="plot-area" x="{PAD_L}" y="{PAD_T}" width="{width - PAD_L - PAD_R}"'
+             f' height="{height - PAD_T - PAD_B}"/>']
     for y, label in y_ticks:
-        parts.append(f'<line class="grid" x1="{PAD_L}" x2="{WIDTH - PAD_R}" y1="{y:.1f}" '
+        parts.append(f'<line class="grid" x1="{PAD_L}" x2="{width - PAD_R}" y1="{y:.1f}" '
                      f'y2="{y:.1f}"/><text class="tick" x="{PAD_L - 4}" y="{y + 4:.1f}" '
                      f'text-anchor="end">{_esc(label)}</text>')
     for x, label in x_ticks:
         # Labels at the ends grow inwards so they are never cut off at the frame.
-        anchor = ("start" if x < PAD_L + 30 else "end" if x > WIDTH - PAD_R - 30
+        anchor = ("start" if x < PAD_L + 30 else "end" if x > width - PAD_R - 30
                   else "middle")
-        parts.append(f'<text class="tick" x="{x:.1f}" y="{HEIGHT - PAD_B + 14}" '
+        parts.append(f'<text class="tick" x="{x:.1f}" y="{height - PAD_B + 14}" '
                      f'text-anchor="{anchor}">{_esc(label)}</text>')
     if y_label:
         parts.append(f'<text class="axis-label" x="{PAD_L + 4}" y="{PAD_T + 12}">'
                      f"↑ {_esc(y_label)}</text>")
     if x_label:
-        parts.append(f'<text class="axis-label" x="{WIDTH - PAD_R}" y="{HEIGHT - 2}" '
+        parts.append(f'<text class="axis-label" x="{width - PAD_R}" y="{height - 2}" '
                      f'text-anchor="end">{_esc(x_label)}</text>')
     parts.append(body)
     parts.append("</svg>")
@@ -199,3 +199,32 @@ def scatter(title: str, points: Sequence[tuple[float, float, bool, str]], *,
             f"to {_fmt(max(xs))}, {y_name} from {_fmt(min(ys))} to {_fmt(max(ys))}.")
     return _frame(title, desc, "".join(body), css="scatter", x_label=f"{x_name} →",
                   y_label=y_name, y_ticks=y.ticks(), x_ticks=x_ticks)
+
+
+def timeline(title: str, periods: Sequence[tuple[str, float, float, str]], *,
+             labels: tuple[str, str] = ("", "")) -> Markup:
+    """Bands on one time axis, `(version, start, end, tooltip)` with times as epoch
+    seconds: which version was in production when. `labels` name the axis ends."""
+    periods = [p for p in periods if p[2] >= p[1]]
+    if not periods:
+        return empty_chart(title, "never in production")
+    lo, hi = min(p[1] for p in periods), max(p[2] for p in periods)
+    width = 2 * WIDTH  # drawn across the page
+    x = _Scale(lo, hi, PAD_L, width - PAD_R)
+    versions = list(dict.fromkeys(p[0] for p in periods))[:12]
+    periods = [p for p in periods if p[0] in versions]
+    row = 24.0
+    height = int(PAD_T + PAD_B + row * len(versions))
+    body = []
+    for version, start, end, tip in periods:
+        y0 = PAD_T + versions.index(version) * row
+        body.append(f'<rect class="band s{versions.index(version) % 6}" x="{x(start):.1f}" '
+                    f'y="{y0 + 3:.1f}" width="{max(x(end) - x(start), 2):.1f}" '
+                    f'height="{row - 6:.1f}"><title>{_esc(tip)}</title></rect>')
+    for i, version in enumerate(versions):
+        body.append(f'<text class="tick" x="{PAD_L + 4}" y="{PAD_T + i * row + row / 2 + 4:.1f}"'
+                    f">{_esc(version)}</text>")
+    desc = "; ".join(tip for *_, tip in periods)
+    x_ticks = [(x(lo), labels[0]), (x(hi), labels[1])]
+    return _frame(title, f"{title}: {desc}.", "".join(body), css="timeline", x_ticks=x_ticks,
+                  width=width, height=height)

@@ -9,6 +9,7 @@ production. No page needs JavaScript.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,11 +19,12 @@ from werkzeug.wrappers import Response
 from app.api.schema import documented
 from app.core.config import Settings
 from app.core.errors import InvalidInput, NotFound
+from app.core.timeutil import ensure_utc, utcnow
 from app.db import transaction
 from app.services import registry
 from app.services.registry.history import previous_production
 from app.ui import auth, pages
-from app.ui.charts import bar_chart, drawdown, empty_chart, line_chart, scatter
+from app.ui.charts import bar_chart, drawdown, empty_chart, line_chart, scatter, timeline
 
 bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates")
 MAX_REASON = 10_000
@@ -145,13 +147,32 @@ def _model_charts(selected: dict[str, Any] | None) -> dict[str, Any]:
     return charts
 
 
+def _production_timeline(entries: list[dict[str, Any]]) -> Any:
+    """Who was in production from when to when, from the promotions and rollbacks
+    (newest first in `entries`); the last period runs to now."""
+    ordered = sorted(entries, key=lambda e: e["id"])
+    now = utcnow()
+    periods = []
+    for entry, following in zip(ordered, [*ordered[1:], None], strict=False):
+        start = ensure_utc(datetime.fromisoformat(entry["at"]))
+        end = ensure_utc(datetime.fromisoformat(following["at"])) if following else now
+        verb = "rolled back to" if entry["action"] == "version.rolled_back" else "promoted"
+        periods.append((entry["version"], start.timestamp(), end.timestamp(),
+                        f"{entry['version']} {verb} at {entry['at'][:19]} by "
+                        f"{entry['actor']}: {entry['reason']}"))
+    first = ordered[0]["at"][:16].replace("T", " ") if ordered else ""
+    return timeline("Production timeline", periods, labels=(first, "now"))
+
+
 @bp.get("/models/<model_id>")
 @auth.console_role("viewer")
 def model(model_id: str) -> Any:
     version = request.args.get("version") or None
     with transaction(_settings().database_url) as session:
         data = pages.model_page(session, model_id, version=version, after_key=_after_key())
-    return _render("ui/model.html", charts=_model_charts(data["selected"]),
+    charts = _model_charts(data["selected"])
+    charts["timeline"] = _production_timeline(data["timeline"])
+    return _render("ui/model.html", charts=charts,
                    done=request.args.get("done"), **data)
 
 

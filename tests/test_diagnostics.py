@@ -115,7 +115,7 @@ def test_native_contributions_add_up_to_the_margin(walk_forward, model_type):
 
     att = fold_attributions(trainer, preds[1].model, X,
                             dataset.frame_X(fold.train_start, fold.train_end))
-    assert att["method"] == method and att["rows"] == 128
+    assert att["method"] == method and att["rows"] == 64
     assert set(att["values"]) == set(dataset.feature_names)
     assert all(v >= 0 for v in att["values"].values()) and max(att["values"].values()) > 0
 

@@ -11,7 +11,7 @@ ways it gets the per-row values:
 
 Rows are subsampled evenly to at most `MAX_ROWS` per fold: a mean |SHAP| only needs a
 sample spread over the slice, while exact TreeSHAP's cost grows with rows × trees ×
-depth² (500 rows of a 200-tree depth-4 booster cost ~40 % of its fit; 128 rows ~10 %),
+depth² (500 rows of a 200-tree depth-4 booster cost ~40 % of its fit; 64 rows ~7 %),
 and the diagnostics must stay within 10 % of a job's time
 (bench/diagnostics_overhead.py).
 """
@@ -27,7 +27,7 @@ import pandas as pd
 __all__ = ["MAX_ROWS", "SHAP_BACKGROUND", "ShapUnavailable", "fold_attributions",
            "native_contributions", "shap_attributions"]
 
-MAX_ROWS = 128
+MAX_ROWS = 64
 SHAP_BACKGROUND = 64  # background rows the permutation explainer masks with
 
 

@@ -237,3 +237,21 @@ def test_job_stores_report_and_api_serves_it(request, make_settings):
     assert missing.headers["Content-Type"].startswith("application/problem+json")
     assert backend.client.get(f"/clm/models/{model_id}/versions/{version}/report"
                               ).status_code == 401
+
+
+def test_report_follows_the_strategy_rules_when_the_job_has_them(walk_forward):
+    from app.ml.evolution.space import TradingRules
+
+    dataset, _, cfg, models = walk_forward
+    _, preds = models["xgboost"]
+    rules = TradingRules(entry_threshold=0.6, exit_threshold=0.5, min_hold_bars=3,
+                         stop_loss=0.02)
+    report = version_diagnostics(dataset, preds, cfg, rules)
+    metrics = oos_metrics(dataset, preds, cfg, rules)
+    plain = oos_metrics(dataset, preds, cfg)
+    assert metrics["trades"] != plain["trades"]  # the rules do change the trades
+    assert report["trades"]["count"] == metrics["trades"]
+    assert report["trades"]["holding_bars"]["min"] >= 1
+    exposure = sum(p["exposure"] * p["bars"] for p in report["by_period"]) / metrics["oos_bars"]
+    assert exposure == pytest.approx(metrics["exposure"])
+    assert report["attributions"] == {}  # none given: empty, not an error

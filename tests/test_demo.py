@@ -33,5 +33,9 @@ def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
     assert "generation 1: " in out and "<- chosen" in out
     assert re.search(r"Deflated Sharpe Ratio [\d.]+ given 16 trials", out)
     assert "stopped 4 processes" in out
+    # It ends with the web console's address and a viewer token to sign in with.
+    last = proc.stdout.rstrip().splitlines()[-2:]
+    assert last[0].endswith("http://localhost:8000/ui/")
+    assert re.fullmatch(r"Sign in there with this viewer token: clm_\S+", last[1])
     # Everything it wrote is under ./var of the working directory.
     assert (tmp_path / "var" / "clm.db").exists() or any((tmp_path / "var").glob("*.db"))

@@ -19,6 +19,7 @@ BLUEPRINT_MODULES = [
     "app.api.live",
     "app.api.feeds",
     "app.api.instruments",
+    "app.ui",  # the web console (HTML), /ui/
 ]
 
 

@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from app.api.schema import documented
+from app.api.worker_metrics import WorkerCollector
 from app.bus.broker import queue_depths
 from app.core.config import Settings
 from app.core.timeutil import utcnow
@@ -261,6 +262,7 @@ def render(settings: Settings) -> bytes:
     else:
         registry.register(HTTP_LATENCY)
     registry.register(FleetCollector(settings))
+    registry.register(WorkerCollector(settings))  # clm_workers (issue 15's dashboard)
     return generate_latest(registry)
 
 

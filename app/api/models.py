@@ -1,5 +1,5 @@
-"""HTTP adapter for the model registry: /clm/models, /clm/promote, /clm/rollback,
-/clm/audit and /clm/status.
+"""HTTP adapter for the model registry: /clm/models (with a version's report, from
+app.services.reports), /clm/promote, /clm/rollback, /clm/audit and /clm/status.
 
 Thin: each view validates its input with a pydantic model (`parse_body`/`parse_query`,
 which also feed /openapi.json), opens the unit of work, calls `app.services.registry` (or
@@ -31,7 +31,7 @@ from app.core.domain import REGIME_PATTERN, ModelStatus, ModelType, Timeframe
 from app.core.errors import NotFound
 from app.core.timeutil import ensure_utc, isoformat, utcnow
 from app.db import transaction
-from app.services import registry
+from app.services import registry, reports
 from app.services.status import collect_status
 
 bp = Blueprint("models", __name__)
@@ -245,6 +245,21 @@ def register_version() -> Any:
 def get_version(model_id: str, version: str) -> Any:
     with transaction(_url()) as session:
         return jsonify(registry.get_version(session, model_id, version, with_history=True))
+
+
+@bp.get("/clm/models/<model_id>/versions/<version>/report")
+@documented(
+    "A version's diagnostics: attributions, calibration, per-regime and per-period "
+    "out-of-sample metrics, trade distribution",
+    role="viewer",
+    responses={200: "The report (available false: the version has none)",
+               404: "Unknown model_id or version"},
+    tag="models",
+)
+@require_role("viewer")
+def version_report(model_id: str, version: str) -> Any:
+    with transaction(_url()) as session:
+        return jsonify(reports.version_report(session, model_id, version))
 
 
 @bp.patch("/clm/models/<model_id>/versions/<version>")

@@ -26,41 +26,7 @@ def require_role(role: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
         @wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            settings = current_app.config["CLM_SETTINGS"]
-            if not settings.auth_enabled:
-                g.token = TokenInfo(id=0, name="auth-disabled", role=Role.ADMIN)
-                refuse_nul_bytes()
-                return view(*args, **kwargs)
-            header = request.headers.get("Authorization", "")
-            scheme, _, raw = header.partition(" ")
-            if scheme.lower() != "bearer" or not raw.strip():
-                raise ApiProblem(
-                    401,
-                    "Unauthorized",
-                    "missing bearer token",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-            def lookup() -> TokenInfo | None:
-                with transaction(settings.database_url) as session:
-                    return verify_token(session, raw.strip())
-
-            # The throttled use-record makes this a read-then-write: on SQLite another
-            # process's commit in between is a lock conflict, so the lookup runs again.
-            token = retry_if_busy(lookup)
-            if token is None:
-                raise ApiProblem(
-                    401,
-                    "Unauthorized",
-                    "unknown or revoked token",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-            if not token.allows(needed):
-                raise ApiProblem(
-                    403,
-                    "Forbidden",
-                    f"role {token.role.value} may not do this; needs {needed.value}",
-                )
-            g.token = token
+            g.token = authenticate_bearer(needed)
             # Input is looked at only once the caller may make the request at all.
             refuse_nul_bytes()
             return view(*args, **kwargs)
@@ -69,3 +35,47 @@ def require_role(role: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
         return wrapper
 
     return decorate
+
+
+def _unauthorized(detail: str) -> ApiProblem:
+    return ApiProblem(401, "Unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def lookup_token(raw: str) -> TokenInfo | None:
+    """The token's identity (None when unknown or revoked), use recorded (throttled)."""
+    settings = current_app.config["CLM_SETTINGS"]
+
+    def lookup() -> TokenInfo | None:
+        with transaction(settings.database_url) as session:
+            return verify_token(session, raw.strip())
+
+    # The throttled use-record makes this a read-then-write: on SQLite another
+    # process's commit in between is a lock conflict, so the lookup runs again.
+    return retry_if_busy(lookup)
+
+
+def check_role(token: TokenInfo, needed: Role) -> TokenInfo:
+    """`token`, or 403 when its role is below `needed`."""
+    if not token.allows(needed):
+        raise ApiProblem(
+            403,
+            "Forbidden",
+            f"role {token.role.value} may not do this; needs {needed.value}",
+        )
+    return token
+
+
+def authenticate_bearer(needed: Role) -> TokenInfo:
+    """The request's bearer token with at least role `needed`: 401 without a valid one,
+    403 when its role is too low (the web console uses this for its Bearer callers)."""
+    settings = current_app.config["CLM_SETTINGS"]
+    if not settings.auth_enabled:
+        return TokenInfo(id=0, name="auth-disabled", role=Role.ADMIN)
+    header = request.headers.get("Authorization", "")
+    scheme, _, raw = header.partition(" ")
+    if scheme.lower() != "bearer" or not raw.strip():
+        raise _unauthorized("missing bearer token")
+    token = lookup_token(raw)
+    if token is None:
+        raise _unauthorized("unknown or revoked token")
+    return check_role(token, needed)

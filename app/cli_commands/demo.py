@@ -542,6 +542,11 @@ def run_demo(bars: int, span_days: int, timeout: float) -> None:
       -d '{example}' localhost:8000/clm/train
   Watch the workers: celery -A workers.celery_app inspect active   (or Flower)""")
     say(f"demo finished in {time.monotonic() - say.t0:.0f}s")
+    with transaction(settings.database_url) as session:  # the console (issue 15): last lines
+        viewer = create_token(session, role="viewer", name=f"demo-viewer-{int(time.time())}",
+                              actor="clm demo")
+    click.echo("Web console (with `clm serve --port 8000` running): http://localhost:8000/ui/")
+    click.echo(f"Sign in there with this viewer token: {viewer}")
 
 
 @click.command()

@@ -145,6 +145,10 @@ class Settings:
     champion_sharpe_margin: float = 0.0
     auto_promote_to_candidate: bool = True
     shadow_mode: bool = False
+    # diagnostics of each version (issue 15): attributions, calibration, breakdowns; and
+    # the opt-in causal calibration the thresholds then act on
+    diagnostics: bool = True
+    calibrate: bool = False
     # scheduler / triggers
     retrain_interval_hours: dict[str, float] = field(
         default_factory=lambda: dict(DEFAULT_RETRAIN_INTERVAL_HOURS)
@@ -258,6 +262,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         champion_sharpe_margin=_float(env, "CLM_CHAMPION_SHARPE_MARGIN", 0.0),
         auto_promote_to_candidate=_bool(env, "CLM_AUTO_PROMOTE_TO_CANDIDATE", True),
         shadow_mode=_bool(env, "CLM_SHADOW_MODE", False),
+        diagnostics=_bool(env, "CLM_DIAGNOSTICS", True),
+        calibrate=_bool(env, "CLM_CALIBRATE", False),
         retrain_interval_hours=intervals,
         degraded_sharpe=_float(env, "CLM_DEGRADED_SHARPE", 0.5),
         trigger_cooldown_hours=_float(env, "CLM_TRIGGER_COOLDOWN_HOURS", 6.0),

@@ -419,6 +419,9 @@ class FoldPrediction:
     train_rows: int = 0
     fit_seconds: float = 0.0
     predict_seconds: float = 0.0
+    # The fold's fitted model, kept in memory only (never serialized) for the work item's
+    # attributions on this slice (app.ml.attributions).
+    model: Any = field(default=None, repr=False, compare=False)
 
     def to_frame(self) -> pd.DataFrame:
         out = pd.DataFrame({"proba": np.asarray(self.proba, dtype=np.float64)},
@@ -477,6 +480,7 @@ def train_fold(
         train_rows=fold.train_rows,
         fit_seconds=t1 - t0,
         predict_seconds=t2 - t1,
+        model=model,
     )
 
 

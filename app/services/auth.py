@@ -106,3 +106,13 @@ def revoke_token(session: Session, name: str, actor: str) -> int:
         )
     session.flush()
     return len(rows)
+
+
+def token_for_session(session: Session, token_id: int) -> tuple[TokenInfo, str] | None:
+    """(identity, stored hash) of a live token by id, for the web console's session
+    cookie (signed with the hash, so revoking the token ends its sessions); None when the
+    token is unknown or revoked."""
+    row = session.get(ApiToken, token_id)
+    if row is None or row.revoked_at:
+        return None
+    return TokenInfo(id=row.id, name=row.name, role=row.role), row.token_hash

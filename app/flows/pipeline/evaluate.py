@@ -4,8 +4,9 @@ Owns `fan_in` / `evaluate_job` (backtest of the concatenated out-of-sample predi
 under the strategy's trading rules when it has them, through app.ml.oos, the builder
 the strategy search uses too —, the promotion gate, champion vs challenger),
 `drift_lineage` (the version's drift reference from the data the evaluate step has in
-memory), `decide_status`, `run_evaluate` (step evaluate) and `run_register` (steps
-register_version and decide_promotion).
+memory), `diagnostics` (the version's report: app.ml.diagnostics; CLM_CALIBRATE=1
+calibrates the folds causally before the metrics), `decide_status`, `run_evaluate`
+(step evaluate) and `run_register` (steps register_version and decide_promotion).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from app.core.config import Settings
 from app.db import transaction
 from app.flows.pipeline.runtime import StageRun, clean, load_dataset, stores
 from app.ml.artifacts import ArtifactStore
+from app.ml.diagnostics import calibrate_folds, version_diagnostics
 from app.ml.drift_reference import reference_lineage, training_lineage
 from app.ml.evaluation import (
     Dataset,
@@ -43,7 +45,10 @@ class FanIn:
 
     evaluation: dict[str, Any]
     dataset: Dataset
-    predictions: list[FoldPrediction]
+    predictions: list[FoldPrediction]  # the models' own probabilities (drift reference)
+    # What the metrics were computed on: `predictions` calibrated when CLM_CALIBRATE=1.
+    judged: list[FoldPrediction] | None = None
+    calibration: dict[str, Any] | None = None
 
 
 def fan_in(settings: Settings, job: dict[str, Any], items: list[dict[str, Any]]) -> FanIn:
@@ -65,7 +70,10 @@ def fan_in(settings: Settings, job: dict[str, Any], items: list[dict[str, Any]])
     ds_ref = state["dataset"]
     dataset = load_dataset(artifacts, ds_ref)
     fold_predictions = predictions(WorkKind.FOLD)
-    metrics = clean(oos_metrics(dataset, fold_predictions, cfg, rules))
+    judged, calibration = fold_predictions, None
+    if settings.calibrate:  # thresholds act on causally calibrated probabilities
+        judged, calibration = calibrate_folds(dataset, fold_predictions, cfg)
+    metrics = clean(oos_metrics(dataset, judged, cfg, rules))
     gate = apply_gate(metrics, settings.gate_for(job["model_type"]))
     failed = list(gate.failed_criteria)
     champion_doc = None
@@ -106,7 +114,22 @@ def fan_in(settings: Settings, job: dict[str, Any], items: list[dict[str, Any]])
         "positions": "strategy_rules" if rules is not None else "thresholds",
         "work_items": fold_timings,
     })
-    return FanIn(evaluation, dataset, fold_predictions)
+    if calibration is not None:
+        evaluation["calibration"] = clean(calibration)
+    return FanIn(evaluation, dataset, fold_predictions, judged, calibration)
+
+
+def diagnostics(settings: Settings, job: dict[str, Any], items: list[dict[str, Any]],
+                loaded: FanIn) -> dict[str, Any]:
+    """The version's diagnostics report (app.ml.diagnostics) from what the evaluate step
+    loaded and the fold work items' attributions."""
+    cfg = EvaluationConfig.from_dict(job["artifacts"]["config"])
+    attributions = [it["result"]["attributions"] for it in items
+                    if it["kind"] == WorkKind.FOLD.value and it["result"].get("attributions")]
+    return clean(version_diagnostics(
+        loaded.dataset, loaded.judged or loaded.predictions, cfg,
+        trading_rules(job.get("strategy")), fold_attributions=attributions,
+        raw_predictions=loaded.predictions, calibration=loaded.calibration))
 
 
 def evaluate_job(settings: Settings, job: dict[str, Any],
@@ -159,6 +182,13 @@ def run_evaluate(run: StageRun) -> tuple[dict[str, Any], dict[str, Any]]:
         except Exception:  # like app.ml.drift_reference.training_lineage: never fails the job
             run.log.exception("could not build the drift reference")
             drift = {}
+        t1 = time.perf_counter()
+        if run.settings.diagnostics:
+            try:
+                evaluation["diagnostics"] = diagnostics(run.settings, run.job, items, loaded)
+            except Exception:  # like the drift reference: a report never fails the job
+                run.log.exception("could not build the version's diagnostics")
+        rec.detail.update(diagnostics_s=round(time.perf_counter() - t1, 3))
         rec.detail.update(passed=evaluation["passed"],
                           sharpe=evaluation["metrics"].get("sharpe"),
                           failed_criteria=[c["name"] for c in evaluation["failed_criteria"]],

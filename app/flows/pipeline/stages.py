@@ -4,8 +4,9 @@ work items of the train stage (folds, champion folds, final fit).
 Owns `run_prepare` (steps validate_request, fetch_data, validate_data, build_features,
 split_folds; stores the raw slice, the feature dataset and the lineage as artifacts and
 fans out one work item per walk-forward fold, per champion fold and the final fit),
-`run_work_item`, `champion_strategy` (the production version retrained as a strategy on
-the same folds), `eval_config` and `lineage_strategy`.
+`run_work_item` (with `fold_diagnostics`: a fold model's attributions),
+`champion_strategy` (the production version retrained as a strategy on the same folds),
+`eval_config` and `lineage_strategy`.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from app.flows.pipeline.runtime import (
     assert_not_worker_main,
     clean,
     load_dataset,
+    log,
     put_frame,
     stores,
     train_threads,
 )
+from app.ml.attributions import fold_attributions
 from app.ml.data.importer import find_gaps
 from app.ml.evaluation import (
     EvaluationConfig,
@@ -234,9 +237,30 @@ def run_work_item(settings: Settings, claim: dict[str, Any], worker: str,
     fold = Fold.from_dict(folds[int(item["fold"])])
     pred = train_fold(dataset, fold, trainer, params, seed=seed, n_threads=n_threads)
     ref = put_frame(artifacts, pred.to_frame())
+    extra: dict[str, Any] = {}
+    if kind == WorkKind.FOLD and settings.diagnostics:
+        extra = fold_diagnostics(dataset, fold, trainer, pred.model, seed=seed,
+                                 n_threads=n_threads)
     return {**artifact_ref(ref), "fit_s": round(pred.fit_seconds, 4),
             "predict_s": round(pred.predict_seconds, 4), "train_rows": pred.train_rows,
-            "test_rows": len(pred.timestamps), **common}
+            "test_rows": len(pred.timestamps), **common, **extra}
+
+
+def fold_diagnostics(dataset: Any, fold: Fold, trainer: Any, model: Any, *, seed: int,
+                     n_threads: int) -> dict[str, Any]:
+    """{"attributions": …, "attributions_s": …} of a challenger fold's model on its test
+    slice, while the model is in memory (the evaluate step aggregates them); {} with a log
+    line when they cannot be computed: diagnostics never fail a job."""
+    t0 = time.perf_counter()
+    try:
+        attributions = fold_attributions(
+            trainer, model, dataset.frame_X(fold.test_start, fold.test_end),
+            dataset.frame_X(fold.train_start, fold.train_end), seed=seed, n_threads=n_threads)
+    except Exception:  # a missing optional package or a model type without a predict path
+        log.exception("fold %d: could not compute feature attributions", fold.index)
+        return {}
+    return {"attributions": {"fold": fold.index, **attributions},
+            "attributions_s": round(time.perf_counter() - t0, 4)}
 
 
 def lineage_strategy(strategy: dict[str, Any] | None, cfg: EvaluationConfig, windows: Any,

@@ -365,7 +365,7 @@ def test_shadow_leaves_shadow_on_a_planted_continuation_and_fails_on_a_random_wa
     assert first["shadow_exits"] == []  # too few trades yet: both wait in shadow
     metrics = client.get("/metrics").get_data(as_text=True)
     assert "clm_shadow_progress{" in metrics and "clm_shadow_trades{" in metrics
-    for kind, (v, frame) in shadows.items():
+    for v, frame in shadows.values():
         seed_market(settings, frame, symbol=v["symbol"])
     exits = tick(settings)["deployment"]["shadow_exits"]
     got = {e["version"]: e["action"] for e in exits}

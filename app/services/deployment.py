@@ -3,7 +3,8 @@
 Owns
 - `shadow_exits`: a `shadow` version whose live record (app.services.live_scores) has at
   least CLM_SHADOW_MIN_TRADES trades over CLM_SHADOW_MIN_DAYS days of bars becomes
-  `candidate` when its live metrics pass the promotion gate and the paired test against
+  `candidate` when its live metrics pass the promotion gate (its trade minimum replaced by
+  CLM_SHADOW_MIN_TRADES) and the paired test against
   production on the same bars (app.analysis.challenger) does not find it worse; it becomes
   `failed` once it has CLM_SHADOW_PATIENCE × the trade count and still cannot (or the
   test finds it worse). Audited (actor `clm`, action `version.shadow_exited`, with the
@@ -138,7 +139,11 @@ def _shadow_verdict(session: Session, settings: Settings, row: ModelVersion, rec
     if not enough:
         return out
     metrics = dict(rec.metrics or {})
-    gate = apply_gate(metrics, settings.gate_for(str(row.model_type)))
+    # the shadow rule owns the trade count: CLM_SHADOW_MIN_TRADES replaces the gate's
+    # trade minimum (the other criteria are the gate's, on live bars)
+    thresholds = {**settings.gate_for(str(row.model_type)),
+                  "min_trades": float(settings.shadow_min_trades)}
+    gate = apply_gate(metrics, thresholds)
     out["gate"] = {"passed": gate.passed, "failed_criteria": gate.failed_criteria,
                    "metrics": {k: metrics.get(k) for k in ("sharpe", "win_rate",
                                                            "profit_factor", "max_drawdown",

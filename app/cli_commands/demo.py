@@ -401,12 +401,13 @@ def _guarded_deployment(api: Api, settings: Settings, model_id: str, v1: str, v2
     if status(v2) != "candidate":
         raise DemoError(f"{v2} left shadow as {status(v2)}: {exit_entry['reason']}")
 
-    def moved() -> bool:
+    def moved() -> bool:  # one more step, or the newcomer already at its cap
         line = _allocation_line(api, model_id)
         if line != seen[-1]:
             seen.append(line)
             say(line)
-        return len(seen) >= 3
+        weights = api.ok("GET", f"/clm/models/{model_id}/allocation")["weights"]
+        return len(seen) >= 2 or weights.get(v2, 0.0) >= settings.allocation_newcomer_cap - 1e-6
     _wait(moved, timeout, "the allocation to move", procs)
     click.echo("  Each scheduler tick redraws the weights by Thompson sampling from the "
                "live per-bar returns (floor for production, cap for newcomers, a step limit)."

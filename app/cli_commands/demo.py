@@ -371,7 +371,8 @@ def _allocation_line(api: Api, model_id: str) -> str:
     return f"allocation ({alloc['mode']}): {shown}"
 
 
-def _drop(settings: Settings, folder: Path, name: str, frame: Any) -> Any:
+def _drop(folder: Path, name: str, frame: Any) -> Any:
+    """Write `frame` into the drop folder under a hidden name, then rename it in."""
     part = folder / f".{name}.part"
     frame.rename_axis("timestamp").to_csv(part)
     part.rename(folder / f"{name}.csv")
@@ -436,7 +437,7 @@ def _guarded_deployment(api: Api, settings: Settings, model_id: str, v1: str, v2
                           start=(up.index[-1] + pd.Timedelta(hours=1)).to_pydatetime(),
                           price0=float(up["close"].iloc[-1]))
     folder = settings.var_dir / "drop" / PLANTED.lower()
-    target = _drop(settings, folder, "batch-fall", pd.concat([up, down]))
+    target = _drop(folder, "batch-fall", pd.concat([up, down]))
     say(f"dropped batch-fall.csv: 72 new bars (a rise, then a fall) up to "
         f"{target:%Y-%m-%d %H:%M}Z")
 

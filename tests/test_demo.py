@@ -29,6 +29,11 @@ def test_demo_runs_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
     assert re.search(r"xgboost_syn-planted_1h\s+job succeeded: version \S+ -> candidate", out)
     assert re.search(r"xgboost_syn-random_1h\s+job succeeded: version \S+ -> failed", out)
     assert "POST /clm/rollback xgboost_syn-planted_1h -> production is" in out
+    # guarded deployment: a shadow leaves shadow, the allocation moves, the guard rolls back
+    assert re.search(r"v\S+: shadow -> candidate on its live record", out)
+    assert "clm version.shadow_exited" in out
+    assert re.search(r"allocation \(thompson\): v\S+ 0\.\d+, v\S+ 0\.\d+", out)
+    assert re.search(r"audit: clm version.rolled_back v\S+ — auto-rollback: production", out)
     # The strategy search ran both generations and reported its overfitting guard.
     assert "generation 1: " in out and "<- chosen" in out
     assert re.search(r"Deflated Sharpe Ratio [\d.]+ given 16 trials", out)

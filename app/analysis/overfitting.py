@@ -6,6 +6,8 @@ Owns
   Sharpe exceeds the Sharpe one would expect from the best of N unskilled trials, given
   the trials' Sharpe dispersion, the track length and the returns' skew and kurtosis;
 - `holdout_split`: how many trailing bars are held out from every trial;
+- `minimum_track_record_length` (minTRL): bars before an observed Sharpe beats a
+  benchmark at a confidence level (the shadow exit's progress figure);
 - `holdout_verdict`: whether a candidate's hold-out result collapsed versus its
   walk-forward OOS result.
 
@@ -29,6 +31,7 @@ __all__ = [
     "expected_max_sharpe",
     "holdout_split",
     "holdout_verdict",
+    "minimum_track_record_length",
     "probabilistic_sharpe_ratio",
     "return_moments",
 ]
@@ -146,3 +149,15 @@ def holdout_verdict(oos_sharpe: float, holdout_sharpe: float, ratio: float = 0.5
                               f"{oos_sharpe:.2f}")
     return HoldoutVerdict(oos_sharpe, holdout_sharpe, ratio, False,
                           f"hold-out Sharpe {holdout_sharpe:.2f} vs OOS {oos_sharpe:.2f}")
+
+
+def minimum_track_record_length(sharpe: float, benchmark: float, confidence: float,
+                                skew: float = 0.0, kurtosis: float = 3.0) -> float:
+    """Bars needed before an observed per-bar `sharpe` beats `benchmark` at `confidence`
+    (Bailey & López de Prado 2012, minTRL): 1 + (1 − γ3·SR + (γ4 − 1)/4·SR²)·(z/(SR − SR*))².
+    Infinite when the observed Sharpe does not exceed the benchmark."""
+    if sharpe <= benchmark:
+        return math.inf
+    z = float(stats.norm.ppf(confidence))
+    spread = 1.0 - skew * sharpe + (kurtosis - 1.0) / 4.0 * sharpe**2
+    return 1.0 + max(spread, 0.0) * (z / (sharpe - benchmark)) ** 2

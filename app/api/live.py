@@ -1,5 +1,6 @@
 """HTTP adapter for live records and serving: GET …/versions/{version}/live,
-GET /clm/models/{model_id}/serving and GET …/versions/{version}/artifact (viewer).
+GET /clm/models/{model_id}/serving and GET …/versions/{version}/artifact (viewer), and
+GET / PUT /clm/models/{model_id}/allocation (viewer / admin: app.services.allocation).
 
 Thin: each view opens a read-only unit of work and calls app.services.live_scores or
 app.services.serving. Serving and the artifact answer with an ETag and honour
@@ -8,15 +9,16 @@ If-None-Match with 304, so a consumer can poll every few seconds cheaply.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from pydantic import Field
 
-from app.api.schema import documented
-from app.api.security import require_role
+from app.api.schema import StrictModel, documented, parse_body
+from app.api.security import current_actor, require_role
 from app.core.config import Settings
 from app.db import transaction
-from app.services import live_scores, serving
+from app.services import allocation, live_scores, serving
 
 bp = Blueprint("live", __name__)
 TAG = "serving"
@@ -89,3 +91,32 @@ def artifact(model_id: str, version: str) -> Any:
     response.headers["X-Artifact-Format"] = str(info["format"] or "")
     response.headers["Cache-Control"] = "no-cache"
     return response
+
+
+class AllocationBody(StrictModel):
+    mode: Literal["champion", "thompson"] = Field(
+        description="champion: production gets 1.0; thompson: production and candidates "
+                    "share weights drawn by Thompson sampling each tick")
+    reason: str | None = Field(None, max_length=2000)
+
+
+@bp.get("/clm/models/<model_id>/allocation")
+@documented("The model's allocation: mode and weights per version (sum 1)", role="viewer",
+            responses={200: "The allocation", 404: "Unknown model"}, tag=TAG)
+@require_role("viewer")
+def get_allocation(model_id: str) -> Any:
+    with transaction(_settings().database_url) as session:
+        return jsonify(allocation.allocation_view(session, model_id))
+
+
+@bp.put("/clm/models/<model_id>/allocation")
+@documented("Set the model's allocation mode (champion | thompson)", role="admin",
+            body=AllocationBody,
+            responses={200: "Set", 404: "Unknown model", 422: "Invalid body"}, tag=TAG)
+@require_role("admin")
+def put_allocation(model_id: str) -> Any:
+    body = parse_body(AllocationBody)
+    with transaction(_settings().database_url, immediate=True) as session:
+        view = allocation.set_mode(session, model_id, body.mode,
+                                   actor=current_actor()[:120], reason=body.reason)
+    return jsonify(view)

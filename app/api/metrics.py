@@ -40,7 +40,7 @@ from app.core.timeutil import utcnow
 from app.db import transaction
 from app.models.continuous import DriftReport
 from app.models.registry import AuditEntry, ModelVersion
-from app.services import feeds, jobs, live_scores
+from app.services import allocation, deployment, feeds, jobs, live_scores
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ class FleetCollector(Collector):
                 yield from drift_metrics(session, self.settings)
                 yield from job_metrics(session, self.settings)
                 yield from live_metrics(session)
+                yield from deployment_metrics(session, self.settings)
                 yield from feed_metrics(session, self.settings)
         except Exception as exc:  # a scrape must still answer while the database is down
             log.warning("metrics: database not readable: %s", exc)
@@ -203,6 +204,36 @@ def live_metrics(session: Any) -> Iterator[Metric]:
             drawdown.add_metric(key, float(dd))
         bars.add_metric(key, float(n))
     yield from (sharpe, drawdown, bars)
+
+
+def deployment_metrics(session: Any, settings: Settings) -> Iterator[Metric]:
+    """Guarded deployment: allocation weights per version, shadow exit progress, and the
+    automatic decisions (audit entries by actor clm) by action."""
+    weights = GaugeMetricFamily("clm_allocation_weight",
+                                "Allocation weight of the version (sum 1 per model)",
+                                labels=["model_id", "version", "mode"])
+    for model_id, version, mode, w in allocation.allocation_metric_rows(session):
+        weights.add_metric([model_id, version, mode], w)
+    yield weights
+    trades = GaugeMetricFamily("clm_shadow_trades",
+                               "Live trades of a shadow version (exit rule: "
+                               "CLM_SHADOW_MIN_TRADES)", labels=["model_id", "version"])
+    progress = GaugeMetricFamily("clm_shadow_progress",
+                                 "Share (0-1) of the shadow exit's trade count reached",
+                                 labels=["model_id", "version"])
+    for model_id, version, n, _days, share in deployment.shadow_progress_rows(session,
+                                                                               settings):
+        trades.add_metric([model_id, version], float(n))
+        progress.add_metric([model_id, version], share)
+    yield from (trades, progress)
+    decisions = CounterMetricFamily("clm_automatic_decisions",
+                                    "Automatic deployment decisions (audit, actor clm)",
+                                    labels=["action"])
+    for action, count in session.execute(
+            select(AuditEntry.action, func.count()).where(AuditEntry.actor == "clm")
+            .group_by(AuditEntry.action).order_by(AuditEntry.action)).all():
+        decisions.add_metric([str(action)], float(count))
+    yield decisions
 
 
 _JOB_METRICS_WINDOW = timedelta(days=7)  # duration histograms cover recent jobs only

@@ -43,6 +43,8 @@ SOURCE = "clm"
 OUTBOUND_TYPES = frozenset({
     "training.started", "training.completed", "training.failed", "evaluation.completed",
     "model.promoted", "model.rolled_back", "candidate.created",
+    # guarded deployment (app.services.deployment, app.services.allocation)
+    "model.shadow_exited", "model.degraded", "allocation.changed",
 })
 _TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 

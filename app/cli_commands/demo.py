@@ -355,6 +355,107 @@ def _live_data(api: Api, settings: Settings, model_id: str, say: Printer, timeou
                f"GET /clm/models/{model_id}/serving names the version to use now.")
 
 
+# Guarded deployment (section 7): demo-sized rules (defaults: 100 trades over 7 days, 20
+# trades for the rollback guard) so a shadow can leave shadow on the demo's few new bars.
+GUARD_ENV = {"CLM_SHADOW_MIN_TRADES": "5", "CLM_SHADOW_MIN_DAYS": "1",
+             "CLM_PERFORMANCE_MIN_TRADES": "1"}
+# A bad deploy for the guard to catch: long only, held at least 96 bars whatever happens.
+BAD_STRATEGY = {"rules": {"entry_threshold": 0.5, "exit_threshold": 0.0,
+                          "min_hold_bars": 96, "allow_short": False}}
+BAD_SPAN_DAYS = 60
+
+
+def _allocation_line(api: Api, model_id: str) -> str:
+    alloc = api.ok("GET", f"/clm/models/{model_id}/allocation")
+    shown = ", ".join(f"{v} {w:.2f}" for v, w in alloc["weights"].items())
+    return f"allocation ({alloc['mode']}): {shown}"
+
+
+def _drop(folder: Path, name: str, frame: Any) -> Any:
+    """Write `frame` into the drop folder under a hidden name, then rename it in."""
+    part = folder / f".{name}.part"
+    frame.rename_axis("timestamp").to_csv(part)
+    part.rename(folder / f"{name}.csv")
+    return frame.index[-1]
+
+
+def _guarded_deployment(api: Api, settings: Settings, model_id: str, v1: str, v2: str,
+                        say: Printer, timeout: float, procs: list[Proc]) -> None:
+    """The retrain v2 earns its way out of shadow on live bars, the Thompson allocation
+    moves toward it, then a bad deploy is rolled back by the guard on its own."""
+    import pandas as pd  # lazy: start-up imports no data stack
+
+    from app.ml.data.store import MarketDataStore
+    from app.ml.data.synthetic import generate_ohlcv
+
+    def status(version: str) -> str:
+        return str(api.ok("GET", f"/clm/models/{model_id}/versions/{version}")["status"])
+
+    _wait(lambda: status(v2) != "shadow", timeout, f"{v2} to leave shadow", procs)
+    audit = api.ok("GET", f"/clm/audit?model_id={model_id}&limit=20")["items"]
+    exit_entry = next(e for e in audit if e["action"] == "version.shadow_exited")
+    say(f"{v2}: shadow -> {status(v2)} on its live record")
+    say(f"  audit: {exit_entry['actor']} {exit_entry['action']} {exit_entry['version']} — "
+        f"{exit_entry['reason']}", dim=True)
+    seen = [_allocation_line(api, model_id)]
+    say(seen[0])
+    if status(v2) != "candidate":
+        raise DemoError(f"{v2} left shadow as {status(v2)}: {exit_entry['reason']}")
+
+    def moved() -> bool:  # one more step, or the newcomer already at its cap
+        line = _allocation_line(api, model_id)
+        if line != seen[-1]:
+            seen.append(line)
+            say(line)
+        weights = api.ok("GET", f"/clm/models/{model_id}/allocation")["weights"]
+        return len(seen) >= 2 or weights.get(v2, 0.0) >= settings.allocation_newcomer_cap - 1e-6
+    _wait(moved, timeout, "the allocation to move", procs)
+    click.echo("  Each scheduler tick redraws the weights by Thompson sampling from the "
+               "live per-bar returns (floor for production, cap for newcomers, a step limit)."
+               )
+
+    say(f"a bad deploy: xgboost {PLANTED} trained long-only, holding >= 96 bars")
+    code, job = api.call("POST", "/clm/train", {
+        "model_type": "xgboost", "symbol": PLANTED, "timeframe": TIMEFRAME,
+        "dataset_span_days": BAD_SPAN_DAYS, "strategy": BAD_STRATEGY})
+    if code != 202:
+        raise DemoError(f"POST /clm/train answered {code}: {job}")
+    bad = _follow(api, [job["job_id"]], say, timeout)[job["job_id"]]
+    v3 = bad["version"]
+    api.ok("POST", "/clm/promote", {"model_id": model_id, "version": v3,
+                                    "promoted_by": "clm demo", "force": True,
+                                    "reason": "demo: a bad deploy for the guard to catch"})
+    say(f"POST /clm/promote {model_id} {v3} (force) -> production")
+    store = MarketDataStore(settings.data_dir)
+    stored = store.read(PLANTED, TIMEFRAME)
+    last = stored.index[-1]
+    # 12 bars up, then 60 bars down: a long-only holder rides the fall, v1 turns short
+    up = generate_ohlcv("random_walk", 12, TIMEFRAME, seed=401, drift=0.004,
+                        start=(last + pd.Timedelta(hours=1)).to_pydatetime(),
+                        price0=float(stored["close"].iloc[-1]))
+    down = generate_ohlcv("random_walk", 60, TIMEFRAME, seed=402, drift=-0.004,
+                          start=(up.index[-1] + pd.Timedelta(hours=1)).to_pydatetime(),
+                          price0=float(up["close"].iloc[-1]))
+    folder = settings.var_dir / "drop" / PLANTED.lower()
+    target = _drop(folder, "batch-fall", pd.concat([up, down]))
+    say(f"dropped batch-fall.csv: 72 new bars (a rise, then a fall) up to "
+        f"{target:%Y-%m-%d %H:%M}Z")
+
+    def rolled() -> bool:
+        prod = api.ok("GET", f"/clm/models?model_id={model_id}&status=production")["items"]
+        return bool(prod) and prod[0]["version"] == v1
+    _wait(rolled, timeout, "the guard to roll back", procs)
+    audit = api.ok("GET", f"/clm/audit?model_id={model_id}&limit=20")["items"]
+    entry = next(e for e in audit if e["action"] == "version.rolled_back"
+                 and e["actor"] == "clm")
+    say(f"automatic rollback: production is {v1} again")
+    say(f"  audit: {entry['actor']} {entry['action']} {entry['version']} — {entry['reason']}",
+        dim=True)
+    click.echo(f"  {_allocation_line(api, model_id)}; events model.shadow_exited, "
+               "allocation.changed, model.rolled_back are on the bus; /metrics has "
+               "clm_allocation_weight, clm_shadow_progress, clm_automatic_decisions_total.")
+
+
 # A small search: 8 x 2 trials of a fixed small model (the thresholds, windows, label
 # horizon and trading rules are searched), so the section takes seconds, not minutes.
 SEARCH_SPAN_DAYS = 120
@@ -437,7 +538,7 @@ def run_demo(bars: int, span_days: int, timeout: float) -> None:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     # Short beat periods so the live-data section's bars are stored and scored in seconds.
-    env = {"CLM_FEED_TICK_S": "2", "CLM_SCHEDULER_TICK_S": "2", **os.environ,
+    env = {"CLM_FEED_TICK_S": "2", "CLM_SCHEDULER_TICK_S": "2", **GUARD_ENV, **os.environ,
            "PYTHONUNBUFFERED": "1"}
     procs = Processes(log_dir, env)
     try:
@@ -510,13 +611,25 @@ def run_demo(bars: int, span_days: int, timeout: float) -> None:
             say(f"  audit: {entry.get('at')} {entry.get('actor')} {entry.get('action')} "
                 f"{entry.get('version')} — {entry.get('reason')}", dim=True)
 
+        # the retrain goes back to shadow: it earns its way out on live bars (section 7)
+        with transaction(settings.database_url, immediate=True) as session:
+            from app.services import registry
+            for target_status in ("candidate", "shadow"):
+                registry.set_status(session, model_id, v2, target_status, actor="clm demo",
+                                    reason="demo: back to shadow, to leave it on live bars")
+        api.ok("PUT", f"/clm/models/{model_id}/allocation", {"mode": "thompson"})
+        say(f"{v2} back in shadow; PUT /clm/models/{model_id}/allocation thompson")
+
         say.section("6. Live data: a drop-folder feed; every version scored on new bars")
         _live_data(api, settings, model_id, say, timeout, procs.procs)
 
-        say.section("7. Strategy search: NSGA-II over thresholds, windows, horizon, rules")
+        say.section("7. Guarded deployment: shadow exit, Thompson allocation, auto-rollback")
+        _guarded_deployment(api, settings, model_id, v1, v2, say, timeout, procs.procs)
+
+        say.section("8. Strategy search: NSGA-II over thresholds, windows, horizon, rules")
         search_id = _strategy_search(api, min(span_days, SEARCH_SPAN_DAYS), say, timeout)
     finally:
-        say.section("8. Stopping the processes this demo started")
+        say.section("9. Stopping the processes this demo started")
         procs.stop_all()
         say(f"stopped {len(procs.procs)} processes; their logs are in {log_dir}")
 

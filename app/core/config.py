@@ -163,8 +163,23 @@ class Settings:
     drift_check_interval_s: float = 3600.0
     performance_check_interval_s: float = 3600.0
     performance_min_trades: int = 20
-    auto_rollback: bool = False
-    auto_rollback_sharpe_floor: float = 0.0
+    auto_rollback: bool = True
+    auto_rollback_sharpe_floor: float = 0.5
+    # guarded deployment on live records (issue 13): shadow exit, challenger test,
+    # Thompson allocation, auto-rollback (app.services.deployment, app.services.allocation)
+    shadow_min_trades: int = 100
+    shadow_min_days: float = 7.0
+    shadow_patience: float = 3.0
+    challenger_confidence: float = 0.9
+    challenger_bootstrap_reps: int = 1000
+    auto_rollback_max_drawdown: float = 0.15
+    auto_rollback_rearm_sharpe: float = 1.0
+    auto_rollback_window_bars: int = 720
+    auto_rollback_cooldown_hours: float = 24.0
+    allocation_production_floor: float = 0.5
+    allocation_newcomer_cap: float = 0.25
+    allocation_max_step: float = 0.1
+    allocation_window_bars: int = 720
     outbox_relay_interval_s: float = 5.0
     # strategy evolution (issue 7): NSGA-II search defaults, trial leases, variants
     evolution_population: int = 16
@@ -274,8 +289,24 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         drift_check_interval_s=_float(env, "CLM_DRIFT_CHECK_INTERVAL_S", 3600.0),
         performance_check_interval_s=_float(env, "CLM_PERFORMANCE_CHECK_INTERVAL_S", 3600.0),
         performance_min_trades=_int(env, "CLM_PERFORMANCE_MIN_TRADES", 20, minimum=1),
-        auto_rollback=_bool(env, "CLM_AUTO_ROLLBACK", False),
-        auto_rollback_sharpe_floor=_float(env, "CLM_AUTO_ROLLBACK_SHARPE_FLOOR", 0.0),
+        auto_rollback=_bool(env, "CLM_AUTO_ROLLBACK", True),
+        auto_rollback_sharpe_floor=_float(env, "CLM_AUTO_ROLLBACK_SHARPE_FLOOR", 0.5),
+        shadow_min_trades=_int(env, "CLM_SHADOW_MIN_TRADES", 100, minimum=1),
+        shadow_min_days=_float(env, "CLM_SHADOW_MIN_DAYS", 7.0),
+        shadow_patience=max(1.0, _float(env, "CLM_SHADOW_PATIENCE", 3.0)),
+        challenger_confidence=min(0.999, max(0.5, _float(env, "CLM_CHALLENGER_CONFIDENCE",
+                                                         0.9))),
+        challenger_bootstrap_reps=_int(env, "CLM_CHALLENGER_BOOTSTRAP_REPS", 1000, minimum=100),
+        auto_rollback_max_drawdown=_float(env, "CLM_AUTO_ROLLBACK_MAX_DRAWDOWN", 0.15),
+        auto_rollback_rearm_sharpe=_float(env, "CLM_AUTO_ROLLBACK_REARM_SHARPE", 1.0),
+        auto_rollback_window_bars=_int(env, "CLM_AUTO_ROLLBACK_WINDOW_BARS", 720, minimum=10),
+        auto_rollback_cooldown_hours=_float(env, "CLM_AUTO_ROLLBACK_COOLDOWN_HOURS", 24.0),
+        allocation_production_floor=min(1.0, max(0.0, _float(
+            env, "CLM_ALLOCATION_PRODUCTION_FLOOR", 0.5))),
+        allocation_newcomer_cap=min(1.0, max(0.0, _float(env, "CLM_ALLOCATION_NEWCOMER_CAP",
+                                                         0.25))),
+        allocation_max_step=min(1.0, max(0.001, _float(env, "CLM_ALLOCATION_MAX_STEP", 0.1))),
+        allocation_window_bars=_int(env, "CLM_ALLOCATION_WINDOW_BARS", 720, minimum=10),
         outbox_relay_interval_s=_float(env, "CLM_OUTBOX_RELAY_INTERVAL_S", 5.0),
         evolution_population=_int(env, "CLM_EVOLUTION_POPULATION", 16, minimum=2),
         evolution_generations=_int(env, "CLM_EVOLUTION_GENERATIONS", 4, minimum=1),

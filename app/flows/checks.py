@@ -12,7 +12,8 @@ summary), a small fixed set whatever the number of tracked models:
   proposed (app.services.evolution), in the same transaction as its report;
 - `relay`: publish the outbox (app.flows.outbox.relay_outbox).
 The tick also runs live scoring (app.flows.live_scoring.score_live) after arbitration, so
-every scored version has the bars stored before a tick by the end of that tick.
+every scored version has the bars stored before a tick by the end of that tick, and then
+guarded deployment on those records (app.flows.deployment.guard_deployments).
 The model checks run one short transaction per model (one model's bad data never blocks
 the others), then arbitrate what they requested in one more. Each decides from the
 database what is due, so a second beat started by mistake only produces duplicate
@@ -34,6 +35,7 @@ from app.core.config import Settings
 from app.core.timeutil import utcnow
 from app.db import transaction
 from app.flows import training
+from app.flows.deployment import guard_deployments
 from app.flows.evolution import propose_variants_on_degraded
 from app.flows.live_scoring import score_live
 from app.flows.outbox import relay_outbox
@@ -65,10 +67,13 @@ def run_tick(session: Session, settings: Settings, *, now: datetime) -> triggers
 
 def tick(settings: Settings) -> dict[str, Any]:
     """The scheduler tick in its own unit of work, then live scoring of the bars stored
-    since the last tick (app.flows.live_scoring); returns its report."""
+    since the last tick (app.flows.live_scoring), then guarded deployment on the records
+    it grew (app.flows.deployment: shadow exits, auto-rollback, Thompson allocation);
+    returns its report."""
     with transaction(settings.database_url, immediate=True) as session:
         result = run_tick(session, settings, now=utcnow())
-    return {**result.to_dict(), "live": score_live(settings)}
+    live = score_live(settings)
+    return {**result.to_dict(), "live": live, "deployment": guard_deployments(settings)}
 
 
 def market_checks(session: Session, settings: Settings, *, model_id: str, now: datetime

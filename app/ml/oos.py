@@ -28,12 +28,13 @@ from app.ml.evaluation import (
     FoldPrediction,
     concat_predictions,
     evaluate_predictions,
+    probabilities_to_positions,
 )
 from app.ml.evolution.space import TradingRules
 from app.ml.evolution.strategy import positions_from_probabilities, turnover
 from app.ml.scoring import promotion_score
 
-__all__ = ["StrategyOOS", "oos_metrics", "strategy_oos"]
+__all__ = ["StrategyOOS", "oos_metrics", "oos_returns", "strategy_oos"]
 
 
 @dataclass(frozen=True)
@@ -89,3 +90,26 @@ def oos_metrics(dataset: Dataset, predictions: Sequence[FoldPrediction],
     metrics = dict(oos.metrics)
     metrics["accuracy"] = float(np.mean((oos.proba > 0.5) == (dataset.y[oos.rows] == 1.0)))
     return metrics
+
+
+def oos_returns(dataset: Dataset, predictions: Sequence[FoldPrediction],
+                cfg: EvaluationConfig, rules: TradingRules | None = None
+                ) -> tuple[pd.Series, float]:
+    """Per-bar net returns of the same out-of-sample backtest `oos_metrics` judges (indexed
+    by the bar each return ends on), and the periods per year its Sharpe used: what the
+    paired champion/challenger test compares bar by bar."""
+    stamps, proba = concat_predictions(predictions)
+    if rules is not None:
+        oos = strategy_oos(dataset, predictions, cfg, rules)
+        result = oos.backtest
+    else:
+        rows = dataset.timestamps.get_indexer(stamps)
+        if (rows < 0).any():
+            missing = stamps[int(np.flatnonzero(rows < 0)[0])]
+            raise ValueError(f"prediction timestamp {missing} has no close in the dataset")
+        positions = probabilities_to_positions(proba, cfg.long_threshold, cfg.short_threshold)
+        result = run_backtest(dataset.close[rows], positions, fee_bps=cfg.fee_bps,
+                              slippage_bps=cfg.slippage_bps,
+                              periods_per_year=cfg.periods_per_year, timestamps=stamps)
+    return (pd.Series(result.returns, index=stamps[1:], name="ret"),
+            float(result.periods_per_year))

@@ -1,6 +1,7 @@
 """All SQLAlchemy models; importing this package registers every table on Base.metadata."""
 
 from app.models import (  # noqa: F401 - register tables
+    allocation,
     continuous,
     evolution,
     feeds,

@@ -1,5 +1,5 @@
-"""Live scoring: every production, candidate and shadow version with an artifact, run on
-each bar stored after its training data ended.
+"""Live scoring: every production, candidate and shadow version with an artifact (and the
+version a rollback would restore), run on each bar stored after its training data ended.
 
 Owns `ensure_records` (a `live_scores` row for each newly scorable version, its set-up
 frozen from the version's lineage and the instrument's market terms), `score_batch`
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
@@ -50,14 +50,16 @@ from app.models.live import LiveScore, LiveScorePoint
 from app.models.registry import ModelVersion
 from app.services import registry
 from app.services.instruments import market_terms
+from app.services.registry.history import previous_production
 
 __all__ = ["LOOKBACK_BARS", "SCORED_STATUSES", "ScoreRun", "ensure_records",
-           "live_metric_rows", "live_positions", "live_record", "lookback_bars", "score_batch",
-           "scored_count"]
+           "live_bars", "live_metric_rows", "live_positions", "live_record", "lookback_bars",
+           "rollback_targets", "score_batch", "scored_count"]
 
 log = logging.getLogger(__name__)
 
 SCORED_STATUSES = (ModelStatus.PRODUCTION, ModelStatus.CANDIDATE, ModelStatus.SHADOW)
+# ... and each production version's rollback target (`rollback_targets`), retired.
 # Bars of history a new bar's features are computed from. The recursive EWMs (RSI, MACD)
 # forget their start within it: (25/27)^512 ≈ 1e-17, below float64 resolution, so a bar
 # scored alone equals the same bar scored inside a long catch-up.
@@ -105,6 +107,29 @@ def _setup(session: Session, settings: Settings, row: ModelVersion) -> dict[str,
     }
 
 
+def rollback_targets(session: Session) -> set[tuple[str, str]]:
+    """(model_id, version) of each production version's rollback target (a retired
+    version): still scored, so the auto-rollback guard can tell whether it holds up on
+    the bars production trades (app.services.deployment)."""
+    prods = session.execute(select(ModelVersion.model_id, ModelVersion.version).where(
+        ModelVersion.status == ModelStatus.PRODUCTION)).all()
+    out = set()
+    for model_id, version in prods:
+        prev = previous_production(session, model_id, version)
+        if prev is not None:
+            out.add((model_id, prev))
+    return out
+
+
+def _scored(targets: set[tuple[str, str]]) -> Any:
+    """SQL condition: the version is scored (a scored status, or a rollback target)."""
+    cond = ModelVersion.status.in_(SCORED_STATUSES)
+    if targets:
+        cond = or_(cond, tuple_(ModelVersion.model_id, ModelVersion.version).in_(
+            sorted(targets)))
+    return cond
+
+
 def ensure_records(session: Session, settings: Settings) -> int:
     """Create the record of every scorable version that has none yet; returns how many.
 
@@ -114,7 +139,7 @@ def ensure_records(session: Session, settings: Settings) -> int:
     known = select(LiveScore.id).where(LiveScore.model_id == ModelVersion.model_id,
                                        LiveScore.version == ModelVersion.version)
     rows = session.scalars(
-        select(ModelVersion).where(ModelVersion.status.in_(SCORED_STATUSES),
+        select(ModelVersion).where(_scored(rollback_targets(session)),
                                    ModelVersion.artifact_uri.is_not(None),
                                    ~known.exists())
     ).all()
@@ -136,7 +161,7 @@ def ensure_records(session: Session, settings: Settings) -> int:
 def _claim_page(session: Session, *, after_id: int, limit: int) -> list[LiveScore]:
     eligible = select(ModelVersion.id).where(
         ModelVersion.model_id == LiveScore.model_id, ModelVersion.version == LiveScore.version,
-        ModelVersion.status.in_(SCORED_STATUSES))
+        _scored(rollback_targets(session)))
     stmt = (select(LiveScore)
             .where(LiveScore.id > after_id, LiveScore.train_end.is_not(None),
                    eligible.exists())
@@ -359,6 +384,28 @@ def live_positions(session: Session, model_id: str, version: str) -> pd.DataFram
     index = pd.DatetimeIndex([ensure_utc(r[0]) for r in rows], name="timestamp")
     return pd.DataFrame({"position": [r[1] for r in rows], "equity": [r[2] for r in rows]},
                         index=index)
+
+
+def live_bars(session: Session, model_id: str, version: str, *, last: int | None = None
+              ) -> pd.DataFrame:
+    """The last `last` scored bars of a record (all without it): position, equity and the
+    per-bar net return `ret` (equity change; NaN on the first bar). Empty when the version
+    has no record (guarded deployment reads it: app.services.deployment, allocation)."""
+    rec_id = session.scalar(select(LiveScore.id).where(LiveScore.model_id == model_id,
+                                                       LiveScore.version == version))
+    if rec_id is None:
+        return pd.DataFrame({"position": [], "equity": [], "ret": []},
+                            index=pd.DatetimeIndex([], name="timestamp", tz="UTC"))
+    stmt = (select(LiveScorePoint.ts, LiveScorePoint.position, LiveScorePoint.equity)
+            .where(LiveScorePoint.score_id == rec_id).order_by(LiveScorePoint.ts.desc()))
+    if last is not None:
+        stmt = stmt.limit(last + 1)  # one more bar: the first kept bar's return
+    rows = session.execute(stmt).all()[::-1]
+    index = pd.DatetimeIndex([ensure_utc(r[0]) for r in rows], name="timestamp")
+    frame = pd.DataFrame({"position": [r[1] for r in rows], "equity": [r[2] for r in rows]},
+                         index=index)
+    frame["ret"] = frame["equity"].pct_change()
+    return frame.iloc[1:] if last is not None and len(frame) > last else frame
 
 
 def live_metric_rows(session: Session) -> list[tuple[str, str, str, float | None, float | None,

@@ -2,7 +2,8 @@
 
 Owns `serving_view` (GET /clm/models/{model_id}/serving: the version to use now — the
 production version, or the champion of the regime the market is in — its artifact, the
-allocation weights and the regime champions, with an ETag that is a hash
+allocation weights (app.services.allocation: champion 1.0 or the Thompson weights) and
+the regime champions, with an ETag that is a hash
 of exactly that answer, so it changes exactly when what to run changes) and
 `artifact_bytes` (GET …/versions/{version}/artifact: the version's artifact, verified
 against its sha256 by app.ml.artifacts.ArtifactStore). Reads only.
@@ -24,6 +25,7 @@ from app.ml.artifacts import ArtifactNotFound, ArtifactStore
 from app.models.continuous import RegimeChampion
 from app.models.registry import ModelVersion
 from app.services import registry
+from app.services.allocation import weights_for_serving
 from app.services.production import production_context
 
 __all__ = ["artifact_bytes", "artifact_path", "current_regime", "serving_view"]
@@ -93,7 +95,7 @@ def serving_view(session: Session, model_id: str, settings: Settings | None = No
     answer: dict[str, Any] = {
         "model_id": model_id, "version": prod.version, "status": "production",
         "regime": prod.regime, "artifact": _artifact(prod),
-        "allocation": {prod.version: 1.0},
+        "allocation": weights_for_serving(session, model_id, prod.version),
         "current_regime": None,
         "regimes": regimes,
     }

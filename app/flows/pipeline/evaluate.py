@@ -2,7 +2,8 @@
 
 Owns `fan_in` / `evaluate_job` (backtest of the concatenated out-of-sample predictions —
 under the strategy's trading rules when it has them, through app.ml.oos, the builder
-the strategy search uses too —, the promotion gate, champion vs challenger),
+the strategy search uses too —, the promotion gate, champion vs challenger by the
+paired stationary-bootstrap test on the same out-of-sample bars, `paired_oos_test`),
 `drift_lineage` (the version's drift reference from the data the evaluate step has in
 memory), `diagnostics` (the version's report: app.ml.diagnostics; CLM_CALIBRATE=1
 calibrates the folds causally before the metrics), `decide_status`, `run_evaluate`
@@ -17,6 +18,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.analysis.challenger import paired_sharpe_test
 from app.core.config import Settings
 from app.db import transaction
 from app.flows.pipeline.runtime import StageRun, clean, load_dataset, stores
@@ -31,7 +33,7 @@ from app.ml.evaluation import (
     compare_champion,
     ordered_predictions,
 )
-from app.ml.oos import oos_metrics
+from app.ml.oos import oos_metrics, oos_returns
 from app.ml.rules import trading_rules
 from app.models.jobs import WorkKind
 from app.services import jobs, registry
@@ -86,15 +88,20 @@ def fan_in(settings: Settings, job: dict[str, Any], items: list[dict[str, Any]])
         champ_metrics = clean(oos_metrics(champ_ds, predictions(WorkKind.CHAMPION), cfg,
                                            champ_rules))
         comparison = compare_champion(metrics, champ_metrics, settings.champion_sharpe_margin)
+        test = paired_oos_test(settings, dataset, fold_predictions, rules, champ_ds,
+                               predictions(WorkKind.CHAMPION), champ_rules, cfg)
+        # the point comparison stays as figures; the paired test decides: worse fails,
+        # inconclusive waits in shadow (decide_status), better passes
         champion_doc = {"version": champion["version"], "metrics": champ_metrics,
-                        **comparison.to_dict()}
-        if not comparison.passed:
+                        **comparison.to_dict(), "passed": test["verdict"] != "worse",
+                        "paired_test": test}
+        if test["verdict"] == "worse":
             passed = False
             failed.append({
                 "name": "champion_sharpe", "value": comparison.challenger_sharpe,
                 "threshold": (None if comparison.champion_sharpe is None
                               else comparison.champion_sharpe + comparison.margin),
-                "op": ">=", "gate_key": "champion_sharpe_margin", "reason": comparison.reason,
+                "op": ">=", "gate_key": "champion_sharpe_margin", "reason": test["reason"],
             })
     fold_timings = [
         {"kind": it["kind"], "fold": it["fold"], "fit_s": it["result"].get("fit_s"),
@@ -132,6 +139,22 @@ def diagnostics(settings: Settings, job: dict[str, Any], items: list[dict[str, A
         raw_predictions=loaded.predictions, calibration=loaded.calibration))
 
 
+def paired_oos_test(settings: Settings, dataset: Dataset, fold_predictions: list[Any],
+                    rules: Any, champ_ds: Dataset, champ_predictions: list[Any],
+                    champ_rules: Any, cfg: EvaluationConfig) -> dict[str, Any]:
+    """The paired stationary-bootstrap test (app.analysis.challenger) of the challenger's
+    and the champion's walk-forward out-of-sample per-bar returns on the bars both
+    traded: verdict, interval, PSR and the number of bars."""
+    mine, ppy = oos_returns(dataset, fold_predictions, cfg, rules)
+    theirs, _ = oos_returns(champ_ds, champ_predictions, cfg, champ_rules)
+    both = mine.to_frame("a").join(theirs.rename("b"), how="inner").dropna()
+    return paired_sharpe_test(both["a"].to_numpy(), both["b"].to_numpy(),
+                              periods_per_year=ppy,
+                              confidence=settings.challenger_confidence,
+                              margin=settings.champion_sharpe_margin,
+                              reps=settings.challenger_bootstrap_reps).to_dict()
+
+
 def evaluate_job(settings: Settings, job: dict[str, Any],
                  items: list[dict[str, Any]]) -> dict[str, Any]:
     """Fan-in: backtest the out-of-sample predictions (under the strategy's trading rules
@@ -161,6 +184,11 @@ def decide_status(evaluation: dict[str, Any], settings: Settings) -> tuple[str, 
         return "failed", "failed the promotion gate: " + "; ".join(parts)
     if settings.shadow_mode:
         return "shadow", "passed the gate; shadow mode is on (CLM_SHADOW_MODE): shadow first"
+    test = (evaluation.get("champion") or {}).get("paired_test") or {}
+    if test.get("verdict") == "inconclusive":
+        return "shadow", ("passed the gate; versus production the paired test is "
+                          f"inconclusive ({test.get('reason')}): shadow until its live "
+                          "record decides")
     if settings.auto_promote_to_candidate:
         return "candidate", "passed the gate; auto-promoted to candidate"
     return "shadow", ("passed the gate; auto-promotion to candidate is off "

@@ -163,6 +163,11 @@ def test_model_page_as_viewer(console: dict) -> None:
         assert cell.text_content() == f"{row['sharpe']:.3f}"
     listed = _api(console, f"/clm/models?model_id={cs.MODEL}")["items"]
     assert page.locator("#versions tbody tr").count() == len(listed)
+    allocation = _api(console, f"/clm/models/{cs.MODEL}/allocation")
+    shown = page.locator("#allocation [data-version]")
+    assert shown.count() == len(allocation["weights"]) >= 1
+    for v, w in allocation["weights"].items():
+        assert page.locator(f"#allocation [data-version='{v}']").text_content() == f"{v}: {w:.2f}"
     # A viewer is shown no way to change production.
     assert page.locator("#promote-button").count() == 0
     assert page.get_by_role("button", name="Promote…").count() == 0

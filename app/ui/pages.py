@@ -22,11 +22,10 @@ from app.models.continuous import DriftReport
 from app.models.evolution import StrategySearch
 from app.models.live import LiveScore
 from app.models.registry import ModelVersion
-from app.services import jobs, registry, triggers
+from app.services import allocation, jobs, registry, triggers
 from app.services.evolution.views import get_search, list_candidates, search_dict
 from app.services.live_scores import live_record
 from app.services.reports import version_report
-from app.services.serving import serving_view
 
 STATUSES = [s.value for s in ModelStatus]
 VERSIONS_PER_PAGE = 50
@@ -64,14 +63,12 @@ def overview(session: Session) -> dict[str, Any]:
             "jobs": jobs.job_counts(session)}
 
 
-def _allocation(session: Session, model_id: str) -> dict[str, float]:
-    # For now the serving answer's weights; the allocation service's view replaces this
-    # when it is merged (issue 13).
+def _allocation(session: Session, model_id: str) -> dict[str, Any]:
+    """The allocation service's view (mode and weights), as GET …/allocation answers."""
     try:
-        answer, _ = serving_view(session, model_id)
+        return allocation.allocation_view(session, model_id)
     except NotFound:
-        return {}
-    return dict(answer.get("allocation") or {})
+        return {"mode": "champion", "weights": {}}
 
 
 def _curve(points: list[list[Any]] | None) -> tuple[list[str], list[float]]:

@@ -154,16 +154,23 @@ def _drop_rolled_back(session: Session, previous_transaction: Any) -> None:
 
 
 @contextmanager
-def transaction(url: str | None = None, *, immediate: bool = False) -> Iterator[Session]:
+def transaction(url: str | None = None, *, immediate: bool = False,
+                autocommit: bool = False) -> Iterator[Session]:
     """The unit of work: commit on success, roll back on error, always close; after the
     commit, run what was registered with `on_commit` (dropped on rollback).
 
     `immediate=True` takes SQLite's write lock at BEGIN, so read-then-write sequences
     (promote, claim a job) serialize across processes; on PostgreSQL, services lock the
     rows they change with SELECT ... FOR UPDATE instead.
+
+    `autocommit=True` (PostgreSQL; ignored on SQLite): each statement commits on its own,
+    no BEGIN/COMMIT round-trips — for a lookup that only rarely writes (the bearer-token
+    check on every request), where atomicity across statements does not matter.
     """
     session = session_factory(url)()
     try:
+        if autocommit and not is_sqlite(str(session.get_bind().url)):
+            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         if immediate:
             # Starts the transaction now, with BEGIN IMMEDIATE on SQLite.
             session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})

@@ -35,8 +35,9 @@ def test_layout_and_round_trip(tmp_path: Path) -> None:
     )
     back = store.read("BTCUSDT", "1h")
     pd.testing.assert_frame_equal(back, frame)
-    # no temp files left behind; only the data file and the lock file
-    assert sorted(p.name for p in (tmp_path / "BTCUSDT").iterdir()) == [".1h.lock", "1h.parquet"]
+    # no temp files left behind; only the data file, its catalog sidecar and the lock file
+    assert sorted(p.name for p in (tmp_path / "BTCUSDT").iterdir()) == [
+        ".1h.catalog.json", ".1h.lock", "1h.parquet"]
 
 
 def test_read_window_is_inclusive_and_naive_means_utc(tmp_path: Path) -> None:

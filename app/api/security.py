@@ -46,7 +46,9 @@ def lookup_token(raw: str) -> TokenInfo | None:
     settings = current_app.config["CLM_SETTINGS"]
 
     def lookup() -> TokenInfo | None:
-        with transaction(settings.database_url) as session:
+        # autocommit: one round-trip for the read (PostgreSQL); the throttled
+        # use-record write, when due, commits by itself.
+        with transaction(settings.database_url, autocommit=True) as session:
             return verify_token(session, raw.strip())
 
     # The throttled use-record makes this a read-then-write: on SQLite another

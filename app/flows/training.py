@@ -119,7 +119,8 @@ def request_training(
     decision = triggers.record_direct_request(
         session, model_id=job["model_id"], job_id=job["job_id"], created=True, now=now,
         reason=reason, source=source, requested_by=requested_by, regime=regime,
-        params=job["params"], dataset_span_days=dataset_span_days, details=details)
+        params=job["params"], dataset_span_days=dataset_span_days, details=details,
+        new_job=True)
     return TrainingOutcome(decision=decision, job=job, started=[job["job_id"]])
 
 

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from app.analysis.calendars import DEFAULT_CALENDAR, missing_open_bars
 from app.core.domain import TIMEFRAMES, normalize_symbol, timeframe_seconds
 from app.core.errors import Conflict
+from app.ml.data.catalog import SeriesExtent, cached_extent, extent_of_timestamps, write_sidecar
 from app.ml.data.importer import OHLCV_COLUMNS, Gap, find_gaps, format_seconds, frame_from_arrays
 
 __all__ = [
@@ -234,6 +235,24 @@ class MarketDataStore:
             return None
         return self._coverage_of(path, normalize_symbol(symbol), timeframe)
 
+    def extent(self, symbol: str, timeframe: str) -> SeriesExtent | None:
+        """The series' extent (first/last bar, rows, gap-free runs) from the catalog kept
+        when it was written (app.ml.data.catalog), without reading the file; None when
+        the series is absent or empty, `SeriesUnreadable` when its file cannot be read."""
+        path = self.path_for(symbol, timeframe)
+        sym = normalize_symbol(symbol)
+        bar = timeframe_seconds(timeframe) * 1_000_000_000
+
+        def derive() -> SeriesExtent | None:  # no (matching) sidecar: the file's timestamps
+            with _reading(sym, timeframe, path):
+                ts = pq.read_table(path, columns=["timestamp"]).column("timestamp")
+            return extent_of_timestamps(ts.cast(pa.int64()).to_numpy(), bar)
+
+        try:
+            return cached_extent(path, bar, derive)
+        except FileNotFoundError:
+            return None
+
     def list(self) -> list[Coverage]:
         """Coverage of every readable stored series, sorted by symbol then timeframe
         length (`list_all` also says which files could not be read)."""
@@ -419,6 +438,9 @@ class MarketDataStore:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+        # The catalog follows the file it describes, in this one place every write goes
+        # through (under the merge lock): POST /clm/train reads the extent from it.
+        write_sidecar(path, extent_of_timestamps(ts, timeframe_seconds(path.stem) * 10**9))
 
 
 def _verify_file(path: Path, timeframe: str) -> str | None:

@@ -3,7 +3,8 @@
 Owns `create_training_job` (validate, insert the queued job with its ten pending steps,
 and register its first message to be published after the commit), `find_active_job` and
 `ActiveJobExists`. The one-active-train-job-per-model rule is the database's partial
-unique index; the savepoint keeps the caller's transaction usable when it says no.
+unique index: the job's INSERT ... ON CONFLICT DO NOTHING is the whole decision (one
+round-trip; the caller's transaction stays usable when it says no).
 Callers start jobs through app.flows.training.request_training, which records the
 trigger decision with the job.
 """
@@ -16,8 +17,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
 from app.bus.producer import send_after_commit
@@ -28,6 +28,7 @@ from app.core.logs import job_logger
 from app.core.timeutil import utcnow
 from app.models.jobs import (
     ACTIVE_JOB_STATUSES,
+    ONE_ACTIVE_TRAIN_JOB_WHERE,
     JobKind,
     JobStage,
     StepStatus,
@@ -36,7 +37,7 @@ from app.models.jobs import (
 )
 from app.services.jobs.dispatch import dispatch_deadline, stage_dispatch
 from app.services.jobs.requests import validate_training_request
-from app.services.jobs.views import STEP_NAMES, get_job
+from app.services.jobs.views import STEP_NAMES, job_to_dict
 
 log = logging.getLogger("app.services.jobs")  # one logger for the whole job service
 
@@ -93,9 +94,6 @@ def create_training_job(
         dataset_span_days=dataset_span_days, params=params, trigger_reason=trigger_reason,
         regime=regime, strategy=strategy,
     )
-    active = find_active_job(session, req.model_id)
-    if active is not None:
-        raise ActiveJobExists(active, req.model_id)
     now = now or utcnow()
     job_id = str(uuid.uuid4())
     job = TrainingJob(
@@ -108,26 +106,47 @@ def create_training_job(
         lease_owner=None, lease_expires_at=dispatch_deadline(settings, now, 1),
         folds_total=0, folds_done=0, artifacts={}, created_at=now, updated_at=now,
     )
-    try:
-        # A savepoint keeps the caller's transaction usable if the index says no.
-        with session.begin_nested():
-            session.add(job)
-            session.flush()
-            session.add_all(
-                TrainingJobStep(job_id=job_id, position=i, name=name,
-                                status=StepStatus.PENDING, attempts=0)
-                for i, name in enumerate(STEP_NAMES, start=1)
-            )
-            session.flush()
-    except IntegrityError:
+    steps = [TrainingJobStep(job_id=job_id, position=i, name=name,
+                             status=StepStatus.PENDING, attempts=0)
+             for i, name in enumerate(STEP_NAMES, start=1)]
+    # One statement decides: the insert does nothing when the partial unique index says
+    # the model has an active job (no pre-check SELECT, no savepoint to keep the caller's
+    # transaction usable); only then is the active job looked up, for the 409.
+    values = {c.key: getattr(job, c.key) for c in _JOB_COLUMNS}
+    for _attempt in range(3):
+        if session.execute(_insert_unless_active(session, values)).first() is not None:
+            break
         active = find_active_job(session, req.model_id)
-        if active is None:
-            raise
-        raise ActiveJobExists(active, req.model_id) from None
+        if active is not None:
+            raise ActiveJobExists(active, req.model_id)
+        # the conflicting job finished between the two statements: insert again
+    else:
+        raise Conflict(f"model {req.model_id} keeps starting training jobs; try again",
+                       model_id=req.model_id)
+    session.execute(insert(TrainingJobStep),
+                    [{"job_id": job_id, "position": st.position, "name": st.name,
+                      "status": st.status, "attempts": 0} for st in steps])
     job_logger(log, job_id, model_id=req.model_id).info(
         "training job created (%s, trigger %s)", req.model_id, req.trigger_reason
     )
     # Published once the creating transaction commits (a worker must find the row); a
     # lost message is published again by the reaper at the dispatch deadline.
     send_after_commit(session, [stage_dispatch(job_id, JobStage.PREPARE)], settings)
-    return get_job(session, job_id)
+    # The answer is built from the rows just written (what get_job would read back).
+    return job_to_dict(job, steps, [])
+
+
+_JOB_COLUMNS = [c for c in TrainingJob.__table__.columns
+                if c.key not in ("version", "error", "evaluation", "started_at", "finished_at")]
+
+
+def _insert_unless_active(session: Session, values: dict[str, Any]) -> Any:
+    """INSERT the job ... ON CONFLICT (the one-active-job index) DO NOTHING RETURNING id."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    return (dialect_insert(TrainingJob).values(**values)
+            .on_conflict_do_nothing(index_elements=["model_id"],
+                                    index_where=text(ONE_ACTIVE_TRAIN_JOB_WHERE))
+            .returning(TrainingJob.id))

@@ -12,7 +12,7 @@ import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.core.config import Settings
@@ -161,24 +161,25 @@ def validate_training_request(
     except ValueError as exc:
         raise InvalidInput("strategy", str(exc)) from None
 
-    store = MarketDataStore(settings.data_dir)
-    coverage = store.coverage(sym, timeframe)
-    if coverage is None:
+    # The extent comes from the store's catalog (kept when the series was written): no
+    # Parquet read on the request path, and the rows in the span are counted exactly.
+    extent = MarketDataStore(settings.data_dir).extent(sym, timeframe)
+    if extent is None:
         raise InvalidInput(
             "symbol",
             f"no market data for {sym} {timeframe}; import some with "
             f"`clm data import FILE --symbol {sym} --timeframe {timeframe}`",
         )
-    available_days = ((coverage.last - coverage.first).total_seconds() + tf_seconds) / 86_400
+    first, last = _utc_datetime(extent.first_ns), _utc_datetime(extent.last_ns)
+    available_days = ((extent.last_ns - extent.first_ns) / 1e9 + tf_seconds) / 86_400
     if dataset_span_days > math.ceil(available_days):
         raise InvalidInput(
             "dataset_span_days",
             f"only {available_days:.1f} days of {sym} {timeframe} data are stored "
-            f"({isoformat(coverage.first.to_pydatetime())} to "
-            f"{isoformat(coverage.last.to_pydatetime())}); asked for {dataset_span_days}",
+            f"({isoformat(first)} to {isoformat(last)}); asked for {dataset_span_days}",
         )
-    start, end = data_window(coverage.last.to_pydatetime(), dataset_span_days, timeframe)
-    rows = len(store.read(sym, timeframe, start, end).index)
+    start, end = data_window(last, dataset_span_days, timeframe)
+    rows = extent.rows_between(_ns(start), _ns(end))
     usable = rows - warmup_bars(windows) - cfg.label_horizon
     try:
         make_folds(max(usable, 0), cfg)
@@ -198,6 +199,18 @@ def data_window(last: datetime, span_days: int, timeframe: str) -> tuple[datetim
     """The bars a job trains on: the `span_days` days ending at the last stored bar."""
     start = last - timedelta(days=span_days) + timedelta(seconds=timeframe_seconds(timeframe))
     return start, last
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _utc_datetime(ns: int) -> datetime:
+    """int64 UTC ns → aware datetime (to the microsecond, like pandas' to_pydatetime)."""
+    return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
+def _ns(value: datetime) -> int:
+    return (value - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
 def is_job_id(value: Any) -> bool:

@@ -168,6 +168,7 @@ def record_direct_request(
     regime: str | None = None,
     params: Mapping[str, Any] | None = None,
     dataset_span_days: int | None = None,
+    new_job: bool = False,
 ) -> TriggerDecision:
     """Record a training request that was decided on the spot, not by `arbitrate`
     (POST /clm/train): `created` → **triggered** with the job it started; otherwise
@@ -175,13 +176,16 @@ def record_direct_request(
 
     Decided already, so arbitration never sees it. A triggered request is keyed by its job
     (recording it twice changes nothing); every coalesced request is its own decision.
+    `new_job`: the caller created `job_id` in this transaction (no decision can name it).
     """
     reason = TriggerReason(reason).value
     model_type, symbol, timeframe = parse_model_id(model_id)
     key = f"{source}:job:{job_id}" if created else f"{source}:{uuid.uuid4().hex}"
-    existing = _decision_by_key(session, model_id, reason, key)
-    if existing is not None:
-        return existing
+    # A coalesced key is random and a new job has no decision yet: nothing to look up.
+    if created and not new_job:
+        existing = _decision_by_key(session, model_id, reason, key)
+        if existing is not None:
+            return existing
     if created:
         outcome, detail = TriggerOutcome.TRIGGERED, (
             f"started a {reason} job (priority {PRIORITY[reason]}), requested via {source}")

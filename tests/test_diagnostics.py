@@ -19,6 +19,7 @@ from app.analysis.calibration import (
     fit_platt,
     reliability,
 )
+from app.analysis.equity_curve import drawdown_extremes, thin_indices
 from app.ml.attributions import fold_attributions, native_contributions
 from app.ml.data.synthetic import generate_ohlcv
 from app.ml.diagnostics import calibrate_folds, version_diagnostics
@@ -143,6 +144,43 @@ def test_generic_shap_path_ranks_features_of_any_predict_function():
     assert v["unused"] == pytest.approx(0.0, abs=1e-9)
 
 
+# -- the report's OOS equity curve --------------------------------------------------------
+def _max_drawdown(values) -> float:
+    """DESIGN.md's max_drawdown, written out: the running peak starts at 1.0."""
+    peak, worst = 1.0, 0.0
+    for v in values:
+        peak = max(peak, v)
+        worst = max(worst, 1.0 - v / peak)
+    return worst
+
+
+def _assert_curve_matches(curve, metrics) -> None:
+    values = [e for _, e in curve]
+    assert 2 <= len(curve) <= 500
+    assert values[-1] == pytest.approx(1 + metrics["total_return"], abs=1e-12)
+    assert _max_drawdown(values) == pytest.approx(metrics["max_drawdown"], abs=1e-12)
+    stamps = pd.DatetimeIndex([t for t, _ in curve])
+    assert stamps.tz is not None and stamps.is_monotonic_increasing and stamps.is_unique
+    assert all(t.endswith("Z") for t, _ in curve)
+
+
+def test_thinned_curve_keeps_its_end_and_its_deepest_drawdown():
+    rng = np.random.default_rng(7)
+    # A long random walk whose deepest fall sits between two evenly spaced samples.
+    equity = np.cumprod(1 + rng.normal(0, 0.004, 20_000))
+    equity[12_345] = equity[12_344] * 0.5
+    keep = thin_indices(equity, 500)
+    assert len(keep) <= 500 and keep[0] == 0 and keep[-1] == len(equity) - 1
+    assert list(keep) == sorted(set(keep))
+    assert 12_345 in keep
+    assert _max_drawdown(equity[keep]) == pytest.approx(_max_drawdown(equity), abs=1e-12)
+    peak, trough, depth = drawdown_extremes(equity)
+    assert trough == 12_345 and peak in keep and depth == pytest.approx(_max_drawdown(equity))
+    assert list(thin_indices(equity[:300], 500)) == list(range(300))  # short: all of it
+    # A curve that only falls from the 1.0 before its first bar.
+    assert drawdown_extremes([0.99, 0.95, 0.97]) == (0, 1, pytest.approx(0.05))
+
+
 # -- the report's breakdowns --------------------------------------------------------------
 def test_report_breakdowns_agree_with_the_backtest(walk_forward):
     dataset, folds, cfg, models = walk_forward
@@ -182,6 +220,9 @@ def test_report_breakdowns_agree_with_the_backtest(walk_forward):
     assert calib == {**calibration_summary(np.concatenate([p.proba for p in preds]),
                                            dataset.y[dataset.n_rows - metrics["oos_bars"]:]),
                      "calibrated": False, "raw": None}
+    # The OOS equity curve (the metrics' backtest), thinned: more bars than a chart needs.
+    assert metrics["oos_bars"] > 500 and 498 <= len(report["equity"]) <= 500
+    _assert_curve_matches(report["equity"], metrics)
 
 
 # -- stored by the training job, served by the API ---------------------------------------
@@ -220,6 +261,11 @@ def test_job_stores_report_and_api_serves_it(request, make_settings):
     assert stored["evaluation"]["calibration"]["per_fold"][0]["n"] == 0
     assert report["trades"]["count"] == stored["metrics"]["trades"]
     assert sum(p["bars"] for p in report["by_period"]) == stored["metrics"]["oos_bars"]
+    # The stored OOS equity curve ends at the metrics' total return and falls as deep as
+    # their max drawdown, thinned when the run has more bars than a chart needs.
+    _assert_curve_matches(report["equity"], stored["metrics"])
+    bars = stored["metrics"]["oos_bars"]
+    assert len(report["equity"]) == bars if bars <= 500 else 498 <= len(report["equity"]) <= 500
 
     # A version registered outside a job has no report; unknown ids are 404; viewers only.
     reg = backend.client.post("/clm/models", headers=backend.auth("operator"), json={
@@ -254,4 +300,5 @@ def test_report_follows_the_strategy_rules_when_the_job_has_them(walk_forward):
     assert report["trades"]["holding_bars"]["min"] >= 1
     exposure = sum(p["exposure"] * p["bars"] for p in report["by_period"]) / metrics["oos_bars"]
     assert exposure == pytest.approx(metrics["exposure"])
+    _assert_curve_matches(report["equity"], metrics)  # the rules' backtest, not thresholds'
     assert report["attributions"] == {}  # none given: empty, not an error

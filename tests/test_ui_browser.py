@@ -111,6 +111,19 @@ def _nonempty_lines(page: Any, css: str) -> int:
         .reduce((a, b) => Math.max(a, b), 0)""")
 
 
+def _chart(page: Any, caption: str) -> dict[str, Any]:
+    """The chart in the figure captioned `caption`: the most points of its lines, and its
+    description (which names each line's first, last, lowest and highest value)."""
+    return page.evaluate("""(caption) => {
+        const fig = [...document.querySelectorAll('figure')]
+            .find(f => f.querySelector('figcaption').textContent.trim() === caption);
+        return {points: [...fig.querySelectorAll('svg polyline')]
+                    .map(p => p.getAttribute('points').trim().split(' ').length)
+                    .reduce((a, b) => Math.max(a, b), 0),
+                desc: fig.querySelector('svg desc').textContent};
+    }""", caption)
+
+
 def test_overview_numbers_equal_the_api(console: dict) -> None:
     page = _page(console, "viewer")
     versions = _api(console, "/clm/models?limit=500")["items"]
@@ -151,9 +164,17 @@ def test_model_page_as_viewer(console: dict) -> None:
     live_sharpe = live["metrics"]["sharpe"]
     assert live_row.locator("[data-metric='sharpe']").text_content() == f"{live_sharpe:.3f}"
     # Live equity and drawdown: one point per scored bar.
-    assert _nonempty_lines(page, "svg.equity") == len(live["equity"])
-    assert _nonempty_lines(page, "svg.drawdown") == len(live["equity"])
+    assert _chart(page, "Live equity")["points"] == len(live["equity"])
+    assert _chart(page, "Live drawdown")["points"] == len(live["equity"])
     report = _api(console, f"/clm/models/{cs.MODEL}/versions/{prod}/report")
+    # Out-of-sample equity and drawdown: one point per point of the report's curve, ending
+    # at 1 + total_return and falling as deep as the version's max_drawdown.
+    assert report["equity"] and page.get_by_text("no out-of-sample equity curve").count() == 0
+    oos_equity = _chart(page, "Out-of-sample equity")
+    oos_drawdown = _chart(page, "Out-of-sample drawdown")
+    assert oos_equity["points"] == oos_drawdown["points"] == len(report["equity"])
+    assert f"to {1 + version['metrics']['total_return']:.3g} " in oos_equity["desc"]
+    assert f"(min {-version['metrics']['max_drawdown']:.3g}," in oos_drawdown["desc"]
     assert page.locator("svg.bars rect.bar").count() == len(report["attributions"])
     assert page.locator("svg.scatter circle.point").count() == len(report["calibration"]["bins"])
     assert f"Brier {report['calibration']['brier']:.4f}" in page.locator(

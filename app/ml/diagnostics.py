@@ -4,7 +4,8 @@ Owns `calibrate_folds` (CLM_CALIBRATE=1: each fold's probabilities mapped by a P
 scaling fitted only on the earlier folds' out-of-sample bars whose labels were known
 before the fold starts — never on bars it is then judged on) and `version_diagnostics`
 (the report app.services.reports serves: attributions aggregated over folds, calibration,
-OOS metrics per regime and per calendar period, the trade distribution).
+OOS metrics per regime and per calendar period, the trade distribution, the OOS equity
+curve thinned to at most MAX_EQUITY_POINTS points by app.analysis.equity_curve).
 
 The training pipeline's evaluate step calls both (app.flows.pipeline.evaluate); the
 per-fold attributions come from the fold work items (app.ml.attributions), where each
@@ -28,7 +29,9 @@ from app.analysis.breakdown import (
     trade_distribution,
 )
 from app.analysis.calibration import apply_platt, calibration_summary, fit_platt
+from app.analysis.equity_curve import thin_indices
 from app.analysis.regime import regime_labels
+from app.core.timeutil import isoformat
 from app.ml.backtest import run_backtest
 from app.ml.evaluation import (
     Dataset,
@@ -41,7 +44,11 @@ from app.ml.evaluation import (
 from app.ml.evolution.space import TradingRules
 from app.ml.evolution.strategy import positions_from_probabilities
 
-__all__ = ["calibrate_folds", "version_diagnostics"]
+__all__ = ["MAX_EQUITY_POINTS", "calibrate_folds", "version_diagnostics"]
+
+# The report's OOS equity curve is for a chart (~800 px wide): more points show nothing more
+# and only make every report (and console page) heavier.
+MAX_EQUITY_POINTS = 500
 
 
 def _rows(dataset: Dataset, stamps: pd.DatetimeIndex) -> np.ndarray:
@@ -112,6 +119,8 @@ def version_diagnostics(dataset: Dataset, predictions: Sequence[FoldPrediction],
     rows = _rows(dataset, stamps)
     close, labels = dataset.close[rows], dataset.y[rows]
     positions = _positions(proba, close, cfg, rules)
+    # The evaluation's own backtest (app.ml.oos.oos_metrics): the same positions builder,
+    # closes, fees and bars, so its equity ends at 1 + the metrics' total_return.
     bt = run_backtest(close, positions, fee_bps=cfg.fee_bps, slippage_bps=cfg.slippage_bps,
                       periods_per_year=cfg.periods_per_year, timestamps=stamps)
     # The return earned over bar i is the position decided at bar i's close, realized at
@@ -153,4 +162,6 @@ def version_diagnostics(dataset: Dataset, predictions: Sequence[FoldPrediction],
         "trades": trade_distribution(bt.trade_returns, bt.trade_entries, bt.trade_exits,
                                      bar_hours=_bar_hours(stamps)),
         "oos_bars": len(stamps),
+        "equity": [[isoformat(stamps[i]), float(bt.equity[i])]
+                   for i in thin_indices(bt.equity, MAX_EQUITY_POINTS)],
     }

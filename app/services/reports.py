@@ -22,7 +22,7 @@ REPORT_KEYS = ("attributions", "calibration", "by_regime", "by_period", "trades"
 
 def _empty() -> dict[str, Any]:
     return {"attributions": {}, "calibration": {"bins": [], "brier": None, "ece": None},
-            "by_regime": [], "by_period": [], "trades": {"count": 0}}
+            "by_regime": [], "by_period": [], "trades": {"count": 0}, "equity": []}
 
 
 def version_report(session: Session, model_id: str, version: str) -> dict[str, Any]:
@@ -51,7 +51,12 @@ def version_report(session: Session, model_id: str, version: str) -> dict[str, A
          "trades": {"count", "holding_bars": {"mean", "min", "p25", "median", "p75", "max"},
                     "returns": {"mean", "std", "min", "p25", "median", "p75", "max",
                                 "win_rate"},
-                    "histogram": {"edges": [...], "counts": [...]}}}
+                    "histogram": {"edges": [...], "counts": [...]}},
+         "oos_bars": int,
+         "equity": [[iso_timestamp, equity]]}  # the concatenated OOS folds' backtest equity
+                                               # (starts from 1.0), at most 500 points: first,
+                                               # last, the deepest drawdown's peak and trough,
+                                               # evenly spaced ones between; [] when none
     """
     row = get_version(session, model_id, version)
     diagnostics = (row.get("evaluation") or {}).get("diagnostics")

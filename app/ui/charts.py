@@ -131,8 +131,11 @@ def line_chart(title: str, series: Sequence[tuple[str, Sequence[float]]], *,
 
 
 def drawdown(equity: Sequence[float]) -> list[float]:
-    """The fall from the running peak at each point, as a positive fraction."""
-    peak, out = -math.inf, []
+    """The fall from the running peak at each point, as a positive fraction.
+
+    The peak starts at 1.0, the equity before the first bar (DESIGN.md's max_drawdown;
+    OOS and live curves both start from it), so the chart's deepest point is the metric."""
+    peak, out = 1.0, []
     for value in equity:
         peak = max(peak, value)
         out.append((peak - value) / peak if peak > 0 else 0.0)

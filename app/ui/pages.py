@@ -99,7 +99,7 @@ def model_page(session: Session, model_id: str, *, version: str | None,
         selected = registry.get_version(session, model_id, chosen, with_history=True)
         live = live_record(session, model_id, chosen)
         report = version_report(session, model_id, chosen)
-        # The report carries no OOS equity curve yet: drawn when it does ("equity").
+        # The report's OOS equity (thinned, app.ml.diagnostics); [] for a version without.
         oos_labels, oos_equity = _curve(report.get("equity"))
         live_labels, live_equity = _curve(live.get("equity"))
         selected.update(live=live, report=report, oos_labels=oos_labels,

@@ -108,6 +108,9 @@ def _reading(symbol: str, timeframe: str, path: Path) -> Iterator[None]:
         if isinstance(exc, FileNotFoundError):
             raise
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # pyarrow quotes the file it failed on; answers name the series, never a server path.
+        for shown in {str(path), os.path.realpath(path), str(path.absolute())}:
+            reason = reason.replace(shown, f"{symbol}/{path.name}")
         raise SeriesUnreadable(symbol, timeframe, path, reason) from exc
 
 

@@ -371,8 +371,8 @@ def test_final_fit_uses_every_row_and_is_deployable(planted, tmp_path):
 def test_unknown_model_type_fails_before_any_work(planted):
     from app.ml.trainers import TrainerNotAvailable
 
-    with pytest.raises(TrainerNotAvailable, match="nhits"):
-        run_walk_forward(planted, "nhits", {})
+    with pytest.raises(TrainerNotAvailable, match="prophet"):
+        run_walk_forward(planted, "prophet", {})
     from app.ml.trainers import InvalidParams
 
     with pytest.raises(InvalidParams, match="max_depth"):

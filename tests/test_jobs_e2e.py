@@ -48,7 +48,7 @@ def test_pipeline_end_to_end(backend_name, request, make_settings, tmp_path):
 
         for body, field in [({"symbol": "NODATA"}, "symbol"),
                             ({"dataset_span_days": 400}, "dataset_span_days"),
-                            ({"model_type": "nhits"}, "model_type"),
+                            ({"model_type": "other"}, "params.trainer"),
                             ({"params": {"max_depth": 99}}, "params.max_depth")]:
             bad = {"model_type": "xgboost", "symbol": "RANDOM", "timeframe": "1h",
                    "dataset_span_days": SPAN_DAYS, **body}

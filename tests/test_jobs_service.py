@@ -83,7 +83,7 @@ def test_one_active_job_per_model_is_enforced_by_the_database(settings):
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        ({"model_type": "nhits"}, "model_type"),  # a contract type with no trainer installed
+        ({"model_type": "other"}, "params.trainer"),  # a plug-in type names its trainer
         ({"model_type": "catboost"}, "model_type"),
         ({"symbol": "NOPE"}, "symbol"),  # no data stored
         ({"symbol": "bad symbol!"}, "symbol"),
@@ -325,7 +325,7 @@ def test_post_train_202_then_409_with_the_active_job(client, auth, market):
         ({"dataset_span_days": 0}, "dataset_span_days"),
         ({"dataset_span_days": 500}, "dataset_span_days"),
         ({"symbol": "NOPE"}, "symbol"),
-        ({"model_type": "patchtst"}, "model_type"),
+        ({"model_type": "patchtst", "params": {"lookback": 1}}, "params.lookback"),
         ({"params": {"learning_rate": 7}}, "params.learning_rate"),
         ({"trigger_reason": "boredom"}, "trigger_reason"),
         ({"surprise": 1}, "surprise"),

@@ -137,7 +137,7 @@ def test_built_ins_are_discovered_through_entry_points():
     assert {"xgboost", "lightgbm"} <= set(available_trainers())
 
 
-@pytest.mark.parametrize("model_type", ["nhits", "patchtst", "rl_v3", "prophet"])
+@pytest.mark.parametrize("model_type", ["prophet", "catboost"])
 def test_unknown_model_type_names_what_to_install(model_type):
     with pytest.raises(TrainerNotAvailable) as info:
         get_trainer(model_type)

@@ -87,34 +87,24 @@ def test_periodic_due_and_not_due_per_model_type(settings):
     result = tick(settings, t0 + timedelta(hours=23))
     assert (result.tracked, result.due, result.job_ids) == (4, 0, [])
 
-    # RL: 24 h. There is no RL trainer installed, so the due slot is recorded and
-    # rejected, naming why, instead of silently skipped.
+    # RL: 24 h — the RL model is retrained by the tick like the others.
     result = tick(settings, t0 + timedelta(hours=25))
-    assert result.due == 1 and result.job_ids == []
+    assert result.due == 1 and len(result.job_ids) == 1
     [rl] = decisions(settings, model_id=ids["rl_v2"])
-    assert (rl["reason"], rl["outcome"]) == ("periodic", "rejected")
-    assert "model_type" in rl["detail"]
+    assert (rl["reason"], rl["outcome"]) == ("periodic", "triggered")
+    assert rl["details"]["interval_hours"] == 24.0
 
     # XGBoost / LightGBM: 168 h. NHITS (336 h) is still not due.
     result = tick(settings, t0 + timedelta(hours=169))
-    assert len(result.job_ids) == 2
-    triggered = decisions(settings, outcome="triggered")
-    assert sorted(d["model_id"] for d in triggered) == sorted([ids["xgboost"],
-                                                               ids["lightgbm"]])
-    assert all(d["reason"] == "periodic" for d in triggered)
+    triggered = {d["model_id"] for d in decisions(settings, outcome="triggered")
+                 if d["model_id"] != ids["rl_v2"]}
+    assert triggered == {ids["xgboost"], ids["lightgbm"]}
     assert decisions(settings, model_id=ids["nhits"]) == []
 
-    # The periodic clock restarted at the training: ticking again starts nothing. Only the
-    # rejected RL slot may be retried (once per cooldown slot, which depends on the wall
-    # clock), never a model that just trained.
-    again = tick(settings, t0 + timedelta(hours=170))
-    assert again.job_ids == []
-    retried = [d for d in decisions(settings) if d["id"] in again.requested]
-    assert all(d["model_id"] == ids["rl_v2"] for d in retried), retried
-
+    # NHITS: 336 h, and the deep model is retrained by the tick too.
     assert tick(settings, t0 + timedelta(hours=337)).due >= 1
     [nh] = decisions(settings, model_id=ids["nhits"])
-    assert nh["details"]["interval_hours"] == 336.0
+    assert nh["details"]["interval_hours"] == 336.0 and nh["outcome"] == "triggered"
 
 
 def test_intervals_are_configurable_per_type_and_per_model(db_url, make_settings):

@@ -49,7 +49,7 @@ from app.ml.backtest import run_backtest
 from app.ml.features import FEATURE_SET_VERSION, build_features, make_labels, normalize_windows
 from app.ml.lineage import build_lineage
 from app.ml.scoring import promotion_score
-from app.ml.trainers import Trainer, get_trainer
+from app.ml.trainers import Trainer, get_trainer, trainer_windows
 
 __all__ = [
     "GATE_CRITERIA",
@@ -760,9 +760,9 @@ def _champion_metrics(
             f"champion must be {{'model_type', 'params'?, 'windows'?, 'seed'?}}, got keys "
             f"{sorted(champion)}"
         )
-    trainer = get_trainer(str(champion["model_type"]))
+    trainer = get_trainer(str(champion["model_type"]), champion.get("params"))
     params = trainer.validate_params(champion.get("params") or {})
-    champ_windows = normalize_windows(champion.get("windows"))
+    champ_windows = normalize_windows(trainer_windows(trainer, params, champion.get("windows")))
     if champ_windows == dataset.windows:
         champ_ds, champ_folds = dataset, folds
     else:
@@ -800,9 +800,9 @@ def run_walk_forward(
     """
     cfg = cfg or EvaluationConfig()
     t_start = time.perf_counter()
-    trainer = get_trainer(model_type)
+    trainer = get_trainer(model_type, params)
     checked = trainer.validate_params(params or {})
-    w = normalize_windows(windows)
+    w = normalize_windows(trainer_windows(trainer, checked, windows))
 
     t0 = time.perf_counter()
     dataset = prepare_dataset(frame, cfg, w)

@@ -23,6 +23,7 @@ __all__ = [
     "REQUIRED_COLUMNS",
     "build_features",
     "feature_names",
+    "lag_count",
     "make_labels",
     "normalize_windows",
     "warmup_bars",
@@ -41,7 +42,13 @@ DEFAULT_WINDOWS: dict[str, tuple[int, ...]] = {
     "volume_z": (24,),  # z-score of log volume vs its trailing window
     "range": (24,),  # trailing mean of log(high/low)
     "zscore": (24,),  # (close − trailing mean) / trailing std
+    # The last L one-bar log returns as columns lag_1..lag_L: the input window of the
+    # sequence models (forecasters, RL policies). Empty by default — the tabular models
+    # don't use it, and an empty family adds no column, so fs-1 is unchanged for them.
+    "lags": (),
 }
+
+MAX_LAGS = 1024
 
 # Smallest window each family accepts (a std needs at least two points).
 _MIN_WINDOW = {
@@ -52,6 +59,7 @@ _MIN_WINDOW = {
     "volume_z": 2,
     "range": 1,
     "zscore": 2,
+    "lags": 1,
 }
 
 
@@ -93,6 +101,12 @@ def normalize_windows(windows: Mapping[str, Any] | None = None) -> dict[str, tup
                     f"windows['macd'] fast span must be < slow span, got {ints[0]} >= {ints[1]}"
                 )
             merged[family] = tuple(ints)
+        elif family == "lags":
+            # One count (the window length), or none: lag_1..lag_L are all present.
+            if len(set(ints)) > 1 or (ints and ints[0] > MAX_LAGS):
+                raise ValueError(f"windows['lags'] must be one count in [1, {MAX_LAGS}] (the "
+                                 f"number of lagged returns), got {list(ints)}")
+            merged[family] = tuple(sorted(set(ints)))
         else:
             if not ints:
                 raise ValueError(f"windows[{family!r}] must not be empty")
@@ -113,7 +127,14 @@ def feature_names(windows: Mapping[str, Any] | None = None) -> list[str]:
     names += [f"volume_z_{k}" for k in w["volume_z"]]
     names += [f"range_{k}" for k in w["range"]]
     names += [f"zscore_{k}" for k in w["zscore"]]
+    names += [f"lag_{k}" for k in range(1, lag_count(w) + 1)]
     return names
+
+
+def lag_count(windows: Mapping[str, Any] | None = None) -> int:
+    """L, the number of lagged one-bar returns (0 when the family is empty)."""
+    lags = normalize_windows(windows)["lags"]
+    return int(lags[0]) if lags else 0
 
 
 def warmup_bars(windows: Mapping[str, Any] | None = None) -> int:
@@ -128,6 +149,7 @@ def warmup_bars(windows: Mapping[str, Any] | None = None) -> int:
         max(w["volume_z"]) - 1,
         max(w["range"]) - 1,
         max(w["zscore"]) - 1,
+        lag_count(w),  # lag_L at bar t is the return into bar t − L + 1
     )
 
 
@@ -177,6 +199,7 @@ def build_features(frame: pd.DataFrame, windows: Mapping[str, Any] | None = None
       volume_z_w       z-score of log1p(volume) against its trailing w bars (0 if flat)
       range_w          mean of log(high / low) over the last w bars
       zscore_w         (close − mean of last w closes) / their std (0 if flat)
+      lag_k            the one-bar log return k − 1 bars ago (k = 1..L, L = windows["lags"])
 
     All are scale-free so a model generalizes across price levels. Causal by
     construction: only shifts into the past, trailing windows and forward-recursive EWMs
@@ -236,6 +259,9 @@ def build_features(frame: pd.DataFrame, windows: Mapping[str, Any] | None = None
     for k in w["zscore"]:
         roll = c.rolling(k, min_periods=k)
         cols[f"zscore_{k}"] = _safe_ratio(c - roll.mean(), roll.std(ddof=1))
+
+    for k in range(1, lag_count(w) + 1):
+        cols[f"lag_{k}"] = r1.shift(k - 1)
 
     out = pd.DataFrame(cols, index=index)
     names = feature_names(w)

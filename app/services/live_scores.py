@@ -96,7 +96,7 @@ def _setup(session: Session, settings: Settings, row: ModelVersion) -> dict[str,
     ppy = terms.periods_per_year or _SECONDS_PER_YEAR / timeframe_seconds(row.timeframe)
     return {
         "model_type": str(row.model_type), "artifact_uri": row.artifact_uri,
-        "artifact_sha256": row.artifact_sha256,
+        "artifact_sha256": row.artifact_sha256, "params": dict(row.params or {}),
         "windows": {k: list(v) for k, v in normalize_windows(
             (lineage.get("features") or {}).get("windows")).items()},
         "rules": rules.to_dict() if rules is not None else None,
@@ -238,7 +238,7 @@ def _model(run: ScoreRun, setup: dict[str, Any]) -> tuple[Any, Any]:
     if hit is not None:
         _MODEL_CACHE.move_to_end(sha)
         return hit
-    trainer = get_trainer(setup["model_type"])
+    trainer = get_trainer(setup["model_type"], setup.get("params"))
     model = load_model(run.artifacts, trainer, setup["artifact_uri"], setup["artifact_sha256"])
     _MODEL_CACHE[sha] = (trainer, model)
     while len(_MODEL_CACHE) > _MODEL_CACHE_SIZE:

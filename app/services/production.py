@@ -137,7 +137,7 @@ class ProductionContext:
         """(trainer, model) from the version's artifact, verified by sha256."""
         if not self.artifact_uri:
             raise LookupError(f"{self.model_id} {self.version} has no model artifact")
-        trainer = get_trainer(self.model_type)
+        trainer = get_trainer(self.model_type, self.params)
         if self._model is None:
             self._model = load_model(self.artifacts, trainer, self.artifact_uri,
                                      self.artifact_sha256)

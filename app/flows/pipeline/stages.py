@@ -48,7 +48,7 @@ from app.ml.evolution.space import TradingRules
 from app.ml.features import normalize_windows
 from app.ml.lineage import build_lineage
 from app.ml.rules import strategy_config_overrides, trading_rules
-from app.ml.trainers import get_trainer, save_model
+from app.ml.trainers import get_trainer, save_model, trainer_windows, with_trade_costs
 from app.models.jobs import WorkKind
 from app.services import jobs, registry
 from app.services.instruments import MarketTerms, market_terms
@@ -100,12 +100,14 @@ def run_prepare(run: StageRun) -> None:
     strategy = job.get("strategy") or {}
 
     with run.step("validate_request") as rec:
-        trainer = get_trainer(job["model_type"])  # this worker may lack a plug-in
+        trainer = get_trainer(job["model_type"], job["params"])  # may lack a plug-in
         params = trainer.validate_params(job["params"])
         with transaction(settings.database_url) as session:
             terms = market_terms(session, settings, job["symbol"], job["timeframe"])
         cfg = eval_config(settings, strategy, terms)
-        windows = normalize_windows(strategy.get("windows"))
+        # A sequence model's input window (its lags) follows its look-back.
+        windows = normalize_windows(trainer_windows(trainer, params, strategy.get("windows")))
+        params = with_trade_costs(trainer, params, cfg)
         seed = int(strategy.get("seed", 0))
         rules = trading_rules(strategy)
         rec.detail.update(model_type=job["model_type"], params=params, seed=seed,
@@ -223,7 +225,7 @@ def run_work_item(settings: Settings, claim: dict[str, Any], worker: str,
         model_type, params, seed = job["model_type"], state["params"], state["seed"]
         folds = state["folds"]
     dataset = load_dataset(artifacts, ds_ref)
-    trainer = get_trainer(model_type)
+    trainer = get_trainer(model_type, params)
     params = trainer.validate_params(params)
     keeper.check()
     common = {"n_threads": n_threads, "worker": worker}

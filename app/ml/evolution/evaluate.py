@@ -75,15 +75,16 @@ class EvalSettings:
         )
 
 
-_trainers: dict[str, Trainer] = {}
+_trainers: dict[tuple[str, str], Trainer] = {}
 
 
-def _trainer(model_type: str) -> Trainer:
-    """The trainer of `model_type`, resolved once per process: trainers are stateless,
-    and resolving one scans the installed entry points (milliseconds, every trial)."""
-    trainer = _trainers.get(model_type)
+def _trainer(model_type: str, model_params: Mapping[str, Any]) -> Trainer:
+    """The trainer of `model_type` (a plug-in's: by its "trainer" parameter), resolved
+    once per process: trainers are stateless, and resolving one costs milliseconds."""
+    key = (model_type, str(model_params.get("trainer", "")))
+    trainer = _trainers.get(key)
     if trainer is None:
-        trainer = _trainers[model_type] = get_trainer(model_type)
+        trainer = _trainers[key] = get_trainer(model_type, model_params)
     return trainer
 
 
@@ -177,7 +178,7 @@ def evaluate_strategy(
     ecfg = cfg.evaluation_config(strategy.label_horizon)
     dataset = prepare_dataset(search_frame, ecfg, strategy.windows)
     folds = make_folds(dataset.n_rows, ecfg)
-    trainer = _trainer(space.model_type)
+    trainer = _trainer(space.model_type, strategy.model_params)
     model_params = trainer.validate_params(strategy.model_params)
     predictions: list[FoldPrediction] = []
     beat = t0
@@ -217,7 +218,7 @@ def evaluate_holdout(
     if train_end < ecfg.min_train_rows or dataset.n_rows - hs < 2:
         raise ValueError(f"hold-out check needs >= {ecfg.min_train_rows} training rows and "
                          f"2 hold-out rows; got {train_end} and {dataset.n_rows - hs}")
-    trainer = _trainer(space.model_type)
+    trainer = _trainer(space.model_type, strategy.model_params)
     fold = Fold(index=0, train_start=0, train_end=train_end, test_start=hs,
                 test_end=dataset.n_rows)
     pred = train_fold(dataset, fold, trainer, trainer.validate_params(strategy.model_params),

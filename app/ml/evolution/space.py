@@ -25,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from app.ml.features import DEFAULT_WINDOWS, normalize_windows
-from app.ml.trainers import InvalidParams, get_trainer
+from app.ml.trainers import InvalidParams, TrainerNotAvailable, get_trainer, trainer_windows
 
 __all__ = [
     "SPACES",
@@ -417,6 +417,17 @@ def decode(space: StrategySpace, params: Mapping[str, Any]) -> StrategyParams:
             rules[key] = value
         else:
             raise SpaceError(key, f"unknown strategy parameter {key!r}")
+    if space.model_type != "other" or model_params.get("trainer"):
+        try:
+            trainer = get_trainer(space.model_type, model_params)
+            checked = trainer.validate_params(model_params)
+        except InvalidParams as exc:
+            raise SpaceError(f"model_{exc.key}", str(exc)) from None
+        except TrainerNotAvailable:
+            pass  # the search's request check names what to install
+        else:
+            # A sequence model's input window (its lags) follows its look-back.
+            windows = trainer_windows(trainer, checked, windows)
     try:
         norm_windows = normalize_windows(windows)
     except ValueError as exc:
@@ -434,11 +445,6 @@ def decode(space: StrategySpace, params: Mapping[str, Any]) -> StrategyParams:
         take_profit=float(take) if take else None,
         allow_short=bool(rules.get("allow_short", True)),
     )
-    if space.model_type in ("xgboost", "lightgbm") and model_params:
-        try:
-            get_trainer(space.model_type).validate_params(model_params)
-        except InvalidParams as exc:
-            raise SpaceError(f"model_{exc.key}", str(exc)) from None
     return StrategyParams(space.model_type, model_params, norm_windows, label_horizon, trading)
 
 
@@ -475,6 +481,41 @@ SPACES: dict[str, StrategySpace] = {
         ParamDef("model_n_estimators", "int", 60, 20, 300, step=10, doc="boosting rounds"),
         ParamDef("model_num_leaves", "int", 15, 4, 63, doc="leaves per tree"),
         ParamDef("model_learning_rate", "float", 0.1, 0.01, 0.3, log=True),
+    )),
+    # The deep and RL types: their input window (model_lookback) sets the lag features;
+    # budgets are small so a trial stays in seconds on a CPU worker.
+    "nhits": StrategySpace("nhits", (
+        *_common(),
+        ParamDef("model_lookback", "int", 48, 16, 128, step=8, doc="input window, bars"),
+        ParamDef("model_horizon", "int", 4, 1, 12, doc="bars the network forecasts"),
+        ParamDef("model_hidden_size", "int", 64, 16, 256, step=16, doc="MLP units"),
+        ParamDef("model_max_steps", "int", 200, 50, 600, step=50, doc="optimizer steps"),
+        ParamDef("model_learning_rate", "float", 1e-3, 1e-4, 1e-2, log=True, doc="Adam"),
+    )),
+    "patchtst": StrategySpace("patchtst", (
+        *_common(),
+        ParamDef("model_lookback", "int", 48, 16, 128, step=8, doc="input window, bars"),
+        ParamDef("model_patch_len", "int", 8, 4, 16, step=2, doc="bars per patch"),
+        ParamDef("model_hidden_size", "int", 32, 16, 64, step=16, doc="transformer width"),
+        ParamDef("model_max_steps", "int", 200, 50, 600, step=50, doc="optimizer steps"),
+        ParamDef("model_learning_rate", "float", 1e-3, 1e-4, 1e-2, log=True, doc="Adam"),
+    )),
+    "rl_v2": StrategySpace("rl_v2", (
+        *_common(),
+        ParamDef("model_lookback", "int", 16, 4, 64, step=4, doc="lagged returns observed"),
+        ParamDef("model_total_timesteps", "int", 10_000, 2_000, 40_000, step=2_000,
+                 doc="environment steps"),
+        ParamDef("model_learning_rate", "float", 3e-4, 1e-4, 3e-3, log=True, doc="Adam"),
+        ParamDef("model_gamma", "float", 0.5, 0.0, 0.99, step=0.01, doc="discount per bar"),
+        ParamDef("model_ent_coef", "float", 0.01, 0.0, 0.05, step=0.005, doc="entropy bonus"),
+    )),
+    "rl_v3": StrategySpace("rl_v3", (
+        *_common(),
+        ParamDef("model_lookback", "int", 16, 4, 64, step=4, doc="lagged returns observed"),
+        ParamDef("model_total_timesteps", "int", 3_000, 1_000, 10_000, step=500,
+                 doc="environment steps"),
+        ParamDef("model_learning_rate", "float", 3e-4, 1e-4, 3e-3, log=True, doc="Adam"),
+        ParamDef("model_gamma", "float", 0.5, 0.0, 0.99, step=0.01, doc="discount per bar"),
     )),
 }
 

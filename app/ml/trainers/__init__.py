@@ -5,9 +5,21 @@ Owns `Trainer` (the protocol every model type implements), `get_trainer`,
 hyperparameter spec helper `ParamSpec`/`validate_against`, and `save_model` /
 `load_model` (model ↔ content-addressed artifact in the library's own format).
 
-Built-ins (xgboost, lightgbm) are declared in pyproject.toml under the entry point
-group `clm.trainers`; a plug-in package adds a model type by declaring one more entry
-point there (`nhits = my_pkg.trainers:NHitsTrainer`) — no change to CLM itself.
+Built-ins (xgboost, lightgbm; nhits, patchtst with the `[deep]` extra; rl_v2, rl_v3
+with `[rl]`) are declared in pyproject.toml under the entry point group `clm.trainers`.
+A plug-in package adds a trainer by declaring one more entry point there
+(`my_model = my_pkg.trainers:MyTrainer`) — no change to CLM itself — and is trained
+with `model_type: "other"` and the parameter `trainer: "my_model"` (docs/PLUGINS.md).
+
+One protocol, three kinds of signal (`signal_kind`), all ending in the same currency:
+a directional score in [0, 1] per bar ("P(up) or its equivalent") that the long/short
+thresholds and the strategy rules turn into positions in [-1, 1], so every kind flows
+through the same folds, backtest, gate, live scoring and lineage:
+- classifier: P(up) (xgboost, lightgbm);
+- forecaster: predicted log return over the horizon r̂ → 0.5 + 0.05·r̂/edge (edge = the
+  trade's round-trip cost): the default thresholds 0.55/0.45 open a position exactly
+  when the expected move beats the costs (nhits, patchtst; `forecast_score`);
+- policy: the agent's position q in [-1, 1] → (q + 1)/2 (rl_v2, rl_v3; `policy_score`).
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from app.ml.artifacts import ArtifactRef, ArtifactStore
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "SIGNAL_KINDS",
     "InvalidParams",
     "ParamSpec",
     "Trainer",
@@ -35,11 +48,16 @@ __all__ = [
     "available_trainers",
     "check_threads",
     "feature_names_of",
+    "forecast_score",
     "get_trainer",
     "load_model",
+    "policy_score",
     "refresh_trainers",
     "save_model",
+    "signal_kind",
+    "trainer_windows",
     "validate_against",
+    "with_trade_costs",
 ]
 
 ENTRY_POINT_GROUP = "clm.trainers"
@@ -48,11 +66,16 @@ ENTRY_POINT_GROUP = "clm.trainers"
 _INSTALL_HINTS: dict[str, str] = {
     "xgboost": "pip install 'xgboost>=2.0' (and reinstall clm so its entry points register)",
     "lightgbm": "pip install 'lightgbm>=4.3' (and reinstall clm so its entry points register)",
-    "nhits": "a plug-in package that registers a 'clm.trainers' entry point named 'nhits'",
-    "patchtst": "a plug-in package that registers a 'clm.trainers' entry point named 'patchtst'",
-    "rl_v2": "a plug-in package that registers a 'clm.trainers' entry point named 'rl_v2'",
-    "rl_v3": "a plug-in package that registers a 'clm.trainers' entry point named 'rl_v3'",
+    "nhits": "pip install 'clm[deep]'",
+    "patchtst": "pip install 'clm[deep]'",
+    "rl_v2": "pip install 'clm[rl]'",
+    "rl_v3": "pip install 'clm[rl]'",
 }
+
+SIGNAL_KINDS = ("classifier", "forecaster", "policy")
+OTHER = "other"  # the model type of plug-in trainers, named by the parameter "trainer"
+# Model types CLM itself names: a plug-in may not take their names under "other".
+_BUILT_IN_TYPES = ("xgboost", "lightgbm", "nhits", "patchtst", "rl_v2", "rl_v3", OTHER)
 
 
 class TrainerNotAvailable(LookupError):
@@ -73,10 +96,24 @@ class InvalidParams(ValueError):
 
 @runtime_checkable
 class Trainer(Protocol):
-    """A binary classifier of next-bar direction; `predict_proba` returns P(up).
+    """A model type: fit on the causal feature rows, `predict_proba` a score in [0, 1].
+
+    `fit(X, y)`: X holds the feature rows in time order (DataFrame with feature names),
+    y the 0/1 next-h direction labels. Forecasters and policies read their targets and
+    rewards from later rows of X itself (the `lag_1` column is the return into each
+    bar), never beyond the rows they are given — so the walk-forward purge keeps them
+    out of sample like the classifiers.
+
+    `predict_proba(model, X)`: one score per row from that row alone (the score's
+    meaning by `signal_kind` is in the module docstring).
+
+    Optional attributes: `signal_kind` (default "classifier"), `requires` (modules the
+    trainer imports lazily; checked when it is resolved so a missing extra answers with
+    what to install), `feature_windows(params)` (feature families the model needs, e.g.
+    the lag window of a sequence model; merged into the job's windows).
 
     Implementations must be deterministic given (data, params, seed, n_threads=1) and
-    serialise models in their library's own format (never pickle).
+    serialise models in their library's own format or safetensors (never pickle).
     """
 
     model_type: str
@@ -111,6 +148,7 @@ class ParamSpec:
     low_inclusive: bool = True
     high_inclusive: bool = True
     doc: str = ""
+    nullable: bool = False  # None is accepted (and means what `doc` says)
 
     def describe(self) -> str:
         lo = "" if self.low is None else f"{'[' if self.low_inclusive else '('}{self.low}"
@@ -140,6 +178,9 @@ def validate_against(
                 f"unknown {model_type} hyperparameter {key!r}; known: {sorted(specs)}",
             )
         spec = specs[key]
+        if value is None and spec.nullable:
+            out[key] = None
+            continue
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise InvalidParams(key, f"{model_type} param {key!r} must be a number, got {value!r}")
         if spec.kind is int:
@@ -168,6 +209,55 @@ def validate_against(
             )
         out[key] = checked
     return out
+
+
+def signal_kind(trainer: Any) -> str:
+    """The trainer's kind of signal (`SIGNAL_KINDS`); classifiers need not declare it."""
+    kind = str(getattr(trainer, "signal_kind", "classifier"))
+    if kind not in SIGNAL_KINDS:
+        raise ValueError(f"trainer {getattr(trainer, 'model_type', trainer)!r} declares "
+                         f"signal_kind {kind!r}; allowed: {', '.join(SIGNAL_KINDS)}")
+    return kind
+
+
+def trainer_windows(trainer: Any, params: Mapping[str, Any] | None,
+                    windows: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`windows` with the feature families the model needs set (its lag window, say):
+    what the job's dataset is built with and its lineage records."""
+    out = dict(windows or {})
+    needs = getattr(trainer, "feature_windows", None)
+    if needs is not None:
+        out.update(needs(params))
+    return out
+
+
+def with_trade_costs(trainer: Any, params: Mapping[str, Any], cfg: Any) -> dict[str, Any]:
+    """`params` with the job's costs where a trainer left them unset (None): a
+    forecaster's edge `min_edge_bps` = the round trip, 2 × (fee + slippage) bps; a
+    policy's reward cost `cost_bps` = fee + slippage per side (the instrument's when set)."""
+    out = dict(params)
+    per_side = float(cfg.fee_bps) + float(cfg.slippage_bps)
+    if "min_edge_bps" in out and out["min_edge_bps"] is None:
+        out["min_edge_bps"] = 2.0 * per_side
+    if "cost_bps" in out and out["cost_bps"] is None:
+        out["cost_bps"] = per_side
+    return out
+
+
+def forecast_score(predicted_return: Any, edge: float) -> np.ndarray:
+    """A forecaster's score: 0.5 + 0.05·r̂/edge clipped to [0, 1], so the default
+    thresholds (0.55 / 0.45) trade exactly when |r̂| beats `edge` (the round-trip cost as
+    a fraction); edge 0 trades on the sign alone."""
+    r = np.asarray(predicted_return, dtype=np.float64)
+    if edge <= 0.0:
+        return np.where(r > 0, 1.0, np.where(r < 0, 0.0, 0.5))
+    return np.clip(0.5 + 0.05 * r / float(edge), 0.0, 1.0)
+
+
+def policy_score(position: Any) -> np.ndarray:
+    """A policy's score: its position q in [-1, 1] as (q + 1)/2 (flat = 0.5)."""
+    q = np.clip(np.asarray(position, dtype=np.float64), -1.0, 1.0)
+    return (q + 1.0) / 2.0
 
 
 def check_threads(n_threads: int) -> int:
@@ -242,17 +332,23 @@ def available_trainers() -> list[str]:
     return sorted(_entry_points())
 
 
-def get_trainer(model_type: str) -> Trainer:
+def get_trainer(model_type: str, params: Mapping[str, Any] | None = None) -> Trainer:
     """Instantiate the trainer registered for `model_type` under `clm.trainers`.
 
+    model_type "other": the plug-in named by `params["trainer"]`, wrapped so that the
+    parameter stays in the job's params (InvalidParams("trainer") when it is missing).
     Raises TrainerNotAvailable naming what to install when no entry point exists or
-    the plug-in cannot be imported (e.g. its library is missing).
+    the plug-in (or a module it requires) cannot be imported.
     """
     name = str(model_type)
+    if name == OTHER:
+        return _plugin_trainer(params)
+    return _resolve(name, _INSTALL_HINTS.get(
+        name, f"a plug-in package that registers a 'clm.trainers' entry point named {name!r}"))
+
+
+def _resolve(name: str, hint: str) -> Trainer:
     ep = _entry_points().get(name)
-    hint = _INSTALL_HINTS.get(
-        name, f"a plug-in package that registers a 'clm.trainers' entry point named {name!r}"
-    )
     if ep is None:
         raise TrainerNotAvailable(
             name,
@@ -266,12 +362,86 @@ def get_trainer(model_type: str) -> Trainer:
             name, f"trainer for model type {name!r} ({ep.value}) cannot be imported: {exc}. "
                   f"Install {hint}"
         ) from exc
+    missing = [m for m in getattr(factory, "requires", ()) if not _importable(m)]
+    if missing:
+        raise TrainerNotAvailable(
+            name, f"model type {name!r} needs {', '.join(missing)}, which is not installed: "
+                  f"{hint}")
     trainer = factory()
     if not isinstance(trainer, Trainer):
         raise TrainerNotAvailable(
             name, f"entry point {ep.value} for {name!r} does not implement the Trainer protocol"
         )
     return trainer
+
+
+_importable_cache: dict[str, bool] = {}
+
+
+def _importable(module: str) -> bool:
+    """Whether a top-level module is installed, without importing it (heavy libraries
+    such as torch must not load in the web process that validates a request)."""
+    found = _importable_cache.get(module)
+    if found is None:
+        from importlib.util import find_spec
+
+        found = _importable_cache[module] = find_spec(module) is not None
+    return found
+
+
+def _plugin_trainer(params: Mapping[str, Any] | None) -> Trainer:
+    raw = (params or {}).get("trainer") if isinstance(params, Mapping) else None
+    if not isinstance(raw, str) or not raw:
+        raise InvalidParams(
+            "trainer", "model_type 'other' needs the parameter 'trainer' naming a plug-in "
+                       f"trainer (a 'clm.trainers' entry point); installed: "
+                       f"{[n for n in available_trainers() if n not in _BUILT_IN_TYPES]}")
+    if raw in _BUILT_IN_TYPES:
+        raise InvalidParams("trainer", f"trainer {raw!r} is a built-in model type: train it "
+                                       f"with model_type {raw!r}")
+    return PluginTrainer(raw, _resolve(
+        raw, f"a plug-in package that registers a 'clm.trainers' entry point named {raw!r}"))
+
+
+class PluginTrainer:
+    """A plug-in trainer under model_type "other": the plug-in's own behaviour, with its
+    name kept as the parameter "trainer" so every later step resolves it again."""
+
+    model_type = OTHER
+
+    def __init__(self, name: str, inner: Trainer) -> None:
+        self.name = name
+        self.inner = inner
+        self.artifact_format = inner.artifact_format
+        self.artifact_suffix = inner.artifact_suffix
+        self.signal_kind = signal_kind(inner)
+
+    def _own(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        return {k: v for k, v in (params or {}).items() if k != "trainer"}
+
+    def default_params(self) -> dict[str, Any]:
+        return {"trainer": self.name, **self.inner.default_params()}
+
+    def validate_params(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        if params is not None and not isinstance(params, Mapping):
+            raise InvalidParams("params", "params must be a mapping")
+        return {"trainer": self.name, **self.inner.validate_params(self._own(params))}
+
+    def feature_windows(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        return trainer_windows(self.inner, self._own(params), {})
+
+    def fit(self, X: Any, y: Any, params: Mapping[str, Any] | None, *, seed: int,
+            n_threads: int) -> Any:
+        return self.inner.fit(X, y, self._own(params), seed=seed, n_threads=n_threads)
+
+    def predict_proba(self, model: Any, X: Any, *, n_threads: int = 1) -> np.ndarray:
+        return self.inner.predict_proba(model, X, n_threads=n_threads)
+
+    def dump(self, model: Any) -> bytes:
+        return self.inner.dump(model)
+
+    def load(self, data: bytes) -> Any:
+        return self.inner.load(data)
 
 
 # -- artifacts --------------------------------------------------------------------------

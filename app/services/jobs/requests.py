@@ -79,7 +79,7 @@ def validate_training_request(
         strategy_config_overrides,
         trading_rules,
     )
-    from app.ml.trainers import InvalidParams, TrainerNotAvailable, get_trainer
+    from app.ml.trainers import InvalidParams, TrainerNotAvailable, get_trainer, trainer_windows
 
     try:
         mt = ModelType(str(model_type)).value
@@ -117,9 +117,11 @@ def validate_training_request(
             raise InvalidInput("regime", "1-40 characters of a-z, 0-9, '_', '.', '-'")
         regime = regime.strip().lower()
     try:
-        trainer = get_trainer(mt)
+        trainer = get_trainer(mt, params if isinstance(params, Mapping) else None)
     except TrainerNotAvailable as exc:
         raise InvalidInput("model_type", str(exc)) from None
+    except InvalidParams as exc:
+        raise InvalidInput(f"params.{exc.key}", str(exc)) from None
     if params is not None and not isinstance(params, Mapping):
         raise InvalidInput("params", "must be an object of hyperparameters")
     try:
@@ -180,7 +182,7 @@ def validate_training_request(
         )
     start, end = data_window(last, dataset_span_days, timeframe)
     rows = extent.rows_between(_ns(start), _ns(end))
-    usable = rows - warmup_bars(windows) - cfg.label_horizon
+    usable = rows - warmup_bars(trainer_windows(trainer, checked, windows)) - cfg.label_horizon
     try:
         make_folds(max(usable, 0), cfg)
     except InsufficientData as exc:

@@ -245,9 +245,11 @@ def check_tracked_params(model_type: str, params: Mapping[str, Any] | None) -> N
     if not params:
         return
     try:
-        trainer = get_trainer(model_type)
+        trainer = get_trainer(model_type, params)
     except TrainerNotAvailable:
         return
+    except InvalidParams as exc:
+        raise InvalidInput(f"params.{exc.key}", str(exc)) from None
     try:
         trainer.validate_params(dict(params))
     except InvalidParams as exc:

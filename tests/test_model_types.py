@@ -22,6 +22,11 @@ from tests.support.pipeline import SPAN_DAYS, make_backend, seed_market, wait_jo
 from tests.support.plugins import PLUGIN_NAME, install_example_plugin
 from tests.support.workers import WorkerSpec, running_workers
 
+# The planted trends last 72-192 bars: a model that finds them holds each in one trade,
+# which on 1,440 out-of-sample bars is fewer than the gate's 50 trades, at a win rate
+# near 50 % (the trade that rides into the reversal loses). A 1 % take-profit — a rule
+# any strategy may carry — banks each trend in several trades, as a trader would.
+STRATEGY = {"rules": {"take_profit": 0.01}}
 # Small budgets that still find the planted drift on this machine's CPUs.
 BUDGETS: dict[str, dict] = {
     "nhits": {"max_steps": 150, "hidden_size": 32},
@@ -144,7 +149,8 @@ def test_every_type_trains_through_the_workers(request, make_settings, tmp_path,
         for model_type, params in BUDGETS.items():
             for symbol in ("PLANTED", "RANDOM"):
                 body = {"model_type": model_type, "symbol": symbol, "timeframe": "1h",
-                        "dataset_span_days": SPAN_DAYS, "params": params}
+                        "dataset_span_days": SPAN_DAYS, "params": params,
+                        "strategy": STRATEGY}
                 r = backend.client.post("/clm/train", json=body,
                                         headers=backend.auth("operator"))
                 assert r.status_code == 202, r.get_json()
@@ -152,19 +158,19 @@ def test_every_type_trains_through_the_workers(request, make_settings, tmp_path,
         results = {key: wait_job(backend, job_id, timeout=840.0)
                    for key, job_id in jobs.items()}
     print(f"\n10 jobs in {time.perf_counter() - t0:.0f} s")
+    wrong = []
     for (model_type, symbol), job in results.items():
         assert job["status"] == "succeeded", (model_type, symbol, job["error"])
-        m = job["evaluation"]["metrics"]
+        ev = job["evaluation"]
+        m = ev["metrics"]
         fit_s = sum(i.get("fit_s") or 0 for i in job["folds"]["items"])
         print(f"{model_type:9s} {symbol:8s} sharpe {m['sharpe']:7.2f} trades {m['trades']:4d} "
               f"win {m['win_rate']:.2f} pf {m['profit_factor']} fit {fit_s:.1f} s "
-              f"passed {job['evaluation']['passed']}")
-        if symbol == "PLANTED":
-            assert job["evaluation"]["passed"] is True, (model_type, m)
-            assert job["version_status"] == "candidate"
-        else:
-            assert job["evaluation"]["passed"] is False, (model_type, m)
-            assert job["version_status"] == "failed"
+              f"passed {ev['passed']} {ev['failed_criteria']}")
+        expected = (True, "candidate") if symbol == "PLANTED" else (False, "failed")
+        if (ev["passed"], job["version_status"]) != expected:
+            wrong.append((model_type, symbol, ev["failed_criteria"]))
+    assert wrong == []
     # The artifact of the planted nhits version is the safetensors file, verified.
     job = results[("nhits", "PLANTED")]
     r = backend.client.get(f"/clm/models/nhits_planted_1h/versions/{job['version']}",

@@ -177,3 +177,38 @@ def test_every_type_trains_through_the_workers(request, make_settings, tmp_path,
                            headers=backend.auth("viewer"))
     assert r.get_json()["artifact"]["format"] == "safetensors+json"
     refresh_trainers()
+
+
+# The declared spaces with their budgets fixed at the low end: a search runs on each.
+SEARCH_BUDGETS: dict[str, dict] = {
+    "nhits": {"model_max_steps": 50, "model_hidden_size": 16},
+    "patchtst": {"model_max_steps": 50, "model_hidden_size": 16},
+    "rl_v2": {"model_total_timesteps": 2000},
+    "rl_v3": {"model_total_timesteps": 1000},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("model_type", sorted(SEARCH_BUDGETS))
+def test_strategy_search_runs_on_each_new_type(sqlite_url, make_settings, model_type):
+    from app.db import transaction
+    from app.flows import evolution
+    from app.services.evolution.create import create_search
+    from app.services.evolution.views import list_candidates
+
+    settings = make_settings(sqlite_url, CLM_TRAIN_THREADS=1)
+    with transaction(settings.database_url) as session:
+        started = create_search(
+            session, settings, model_type=model_type, symbol="BTCUSDT", timeframe="1h",
+            dataset_span_days=60, frame=generate_ohlcv("planted", 1400, seed=4),
+            evaluation={"min_train_rows": 300}, population=2, generations=1, seed=1,
+            space={**SEARCH_BUDGETS[model_type],
+                   "model_lookback": {"low": 16, "high": 32}})
+    result = evolution.drive_inline(settings, started["search_id"], timeout_s=500)
+    assert result["status"] == "succeeded", result
+    with transaction(settings.database_url) as session:
+        cands, _ = list_candidates(session, search_id=started["search_id"], limit=10)
+    assert len(cands) == 2 and all(c["status"] == "evaluated" for c in cands), cands
+    assert all(16 <= c["params"]["model_lookback"] <= 32 for c in cands)
+    assert all(c["metrics"]["oos_bars"] > 0 for c in cands)

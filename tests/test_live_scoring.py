@@ -142,6 +142,30 @@ def test_production_and_shadow_scored_each_tick_equal_backtest_and_full_recomput
     assert bad.status_code == 404 and bad.mimetype == "application/problem+json"
 
 
+@pytest.mark.parametrize(("model_type", "params"), [
+    ("nhits", {"max_steps": 20, "hidden_size": 8, "lookback": 16}),
+    ("patchtst", {"max_steps": 20, "hidden_size": 8, "lookback": 16, "encoder_layers": 1}),
+    ("rl_v2", {"total_timesteps": 512, "n_steps": 32, "lookback": 8}),
+    ("rl_v3", {"total_timesteps": 256, "learning_starts": 64, "lookback": 8}),
+])
+def test_deep_and_rl_versions_are_scored_live_like_the_others(settings, client, auth,
+                                                              model_type, params):
+    """The lag window rides in the version's lineage: live scoring builds it from the
+    bars before each new one, and the record equals `run_backtest` on its positions."""
+    from app.flows.checks import tick
+
+    frame = _planted()
+    seed_market(settings, frame.iloc[:N_FIRST])
+    v = make_production(settings, frame.iloc[:N_TRAIN], model_type=model_type, params=params)
+    assert tick(settings)["live"]["scored"] == 1
+    seed_market(settings, frame.iloc[N_FIRST:N_FIRST + 5])
+    out = tick(settings)["live"]
+    assert (out["scored"], out["bars"], out["errors"]) == (1, 5, 0)
+    body = _record(client, auth, v)
+    assert body["bars"] == N_FIRST + 5 - N_TRAIN
+    _check_against_backtest(settings, frame.iloc[:N_FIRST + 5], v, body)
+
+
 def test_serving_follows_the_champion_of_the_regime_the_market_is_in(settings, client, auth):
     """With regime champions, /serving names the champion of the regime the market is in
     now (the regime check's rule on the last bars); a champion of another regime changes

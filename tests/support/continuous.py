@@ -54,14 +54,15 @@ def make_production(
     from app.ml.drift_reference import save_reference
     from app.ml.evaluation import EvaluationConfig, prepare_dataset
     from app.ml.lineage import build_lineage
-    from app.ml.trainers import get_trainer, save_model
+    from app.ml.trainers import get_trainer, save_model, trainer_windows
     from app.services import registry
 
     store = ArtifactStore(settings.artifact_root)
     cfg = EvaluationConfig.from_settings(settings)
-    dataset = prepare_dataset(train_frame, cfg)
-    trainer = get_trainer(model_type)
+    trainer = get_trainer(model_type, params)
     checked = trainer.validate_params(params or SMALL_XGB)
+    # A sequence model's lag window follows its look-back, as in the pipeline.
+    dataset = prepare_dataset(train_frame, cfg, trainer_windows(trainer, checked, None))
     model = trainer.fit(dataset.frame_X(), dataset.y, checked, seed=0, n_threads=1)
     ref = save_model(store, trainer, model)
     lineage = build_lineage(

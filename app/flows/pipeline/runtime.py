@@ -186,7 +186,7 @@ class StageRun:
 
 # -- artifacts --------------------------------------------------------------------------
 def stores(settings: Settings) -> tuple[ArtifactStore, MarketDataStore]:
-    return ArtifactStore(settings.artifact_root), MarketDataStore(settings.data_dir)
+    return ArtifactStore.from_settings(settings), MarketDataStore.from_settings(settings)
 
 
 def put_frame(artifacts: ArtifactStore, frame: Any) -> ArtifactRef:

@@ -27,6 +27,7 @@ from sqlalchemy import create_engine, text
 
 from app.core.config import ConfigError, S3Location, Settings, load_settings
 from app.core.objectstore import ObjectStoreUnavailable, S3ObjectStore
+from app.flows.pipeline import is_transient
 from app.ml.artifacts import ArtifactCorrupt, ArtifactNotFound, ArtifactStore
 from app.ml.data.catalog import sidecar_key
 from app.ml.data.locks import advisory_key
@@ -105,6 +106,11 @@ def test_an_unreachable_endpoint_is_a_503_naming_the_variables(
     assert r.status_code == 503 and r.content_type == "application/problem+json", body
     assert "CLM_DATA_DIR" in body["detail"] and "CLM_S3_ENDPOINT_URL" in body["detail"]
     assert "never-shown-secret" not in r.get_data(as_text=True)
+    health = app.test_client().get("/health")
+    assert health.status_code == 503
+    assert health.get_json()["object_store"] == {"reachable": False, "backend": "s3"}
+    # inside a job, the outage is retried with backoff like a database outage
+    assert is_transient(info.value)
 
 
 # ---------------------------------------------------------------------------- artifacts
@@ -335,6 +341,8 @@ def test_training_job_with_both_roots_on_s3_through_real_workers(
         assert r.status_code == 202, r.get_json()
         job = wait_job(backend, r.get_json()["job_id"], timeout=200)
     assert job["status"] == "succeeded", job["error"]
+    health = backend.client.get("/health").get_json()
+    assert health["object_store"] == {"reachable": True, "backend": "s3"}
     version = job["version"]
     v = backend.client.get(f"/clm/models/xgboost_planted_1h/versions/{version}",
                            headers=backend.auth("viewer")).get_json()

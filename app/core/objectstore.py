@@ -76,6 +76,7 @@ class ObjectStore(Protocol):
     def delete(self, key: str) -> None: ...
     def describe(self, key: str) -> str: ...
     def local_path(self, key: str) -> Path | None: ...
+    def reachable(self) -> bool: ...
 
 
 def check_key(key: str) -> str:
@@ -110,6 +111,9 @@ class LocalObjectStore:
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
+
+    def reachable(self) -> bool:
+        return True  # a folder needs no server (it is created on first write)
 
     def describe(self, key: str) -> str:
         return str(self._path(key))
@@ -215,6 +219,14 @@ class S3ObjectStore:
 
     def local_path(self, key: str) -> Path | None:
         return None
+
+    def reachable(self) -> bool:
+        """The bucket answers (HEAD bucket) with these credentials."""
+        try:
+            self._call("reach the bucket", "head_bucket")
+        except (ObjectStoreUnavailable, ObjectNotFound):
+            return False
+        return True
 
     def describe(self, key: str) -> str:
         return f"s3://{self.location.bucket}/{self.location.key(check_key(key))}"

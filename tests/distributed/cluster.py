@@ -3,7 +3,9 @@
     services 10.231.0.2   its own PostgreSQL (initdb + pg_ctl, port 5432) and its own
                           redis-server (port 6379)   [+ the object store, see FILES]
     api      10.231.0.3   `clm serve` (gunicorn, port 8000) and `clm beat`
-    w1, w2   10.231.0.4/5 `clm worker` (every queue), one pool process each
+    w1, w2   10.231.0.4/5 two `clm worker`s each, as the Procfile runs them: `train`
+                          (queue train) and `eval` (queues data, evaluate, default: the
+                          stages, the reaper, the ticks), one pool process each
     client   10.231.0.1   the test itself (HTTP calls and database reads, over the lab)
 
 Every host gets the services' addresses through the environment only (CLM_DATABASE_URL,
@@ -37,7 +39,7 @@ from tests.support.workers import wait_for
 
 PG_PORT, REDIS_PORT, API_PORT = 5432, 6379, 8000
 LEASE_S = 4
-QUEUES = "train,data,evaluate,default"
+ROLES = {"train": "train", "eval": "data,evaluate,default"}  # the Procfile's workers
 
 
 class NsPostgres:
@@ -158,17 +160,29 @@ class Cluster:
         return time.monotonic() - t0
 
     # -- CLM processes --------------------------------------------------------------------
-    def start_worker(self, host: Host) -> Proc:
-        proc = self.lab.spawn(host, f"worker-{len([p for p in self.lab.procs if p.host is host])}",
-                              self.cli(host, "worker", "--queues", QUEUES, "--concurrency",
-                                       "1", "--hostname", f"{host.name}@%h", "--loglevel",
-                                       "INFO"), self.env(host))
-        self.workers[host.name] = proc
-        wait_for(lambda: " ready." in proc.log_text() or not proc.alive(), timeout=90,
-                 interval=0.2, what=f"worker on {host.name}")
-        if not proc.alive():
-            raise RuntimeError(f"worker on {host.name} exited:\n{proc.log_text()[-3000:]}")
+    def start_worker(self, host: Host, role: str, *, wait: bool = True) -> Proc:
+        """`clm worker` for `role` (train | eval) on `host`; key `<host>-<role>`."""
+        key = f"{host.name}-{role}"
+        runs = sum(1 for p in self.lab.procs if p.host is host and p.name.startswith(role))
+        proc = self.lab.spawn(host, f"{role}-{runs}", self.cli(
+            host, "worker", "--queues", ROLES[role], "--concurrency", "1", "--hostname",
+            f"{role}@%h", "--loglevel", "INFO"), self.env(host))
+        self.workers[key] = proc
+        if wait:
+            self.wait_ready(proc)
         return proc
+
+    def wait_ready(self, proc: Proc) -> None:
+        wait_for(lambda: " ready." in proc.log_text() or not proc.alive(), timeout=90,
+                 interval=0.2, what=f"{proc.name} on {proc.host.name}")
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} on {proc.host.name} exited:\n"
+                               f"{proc.log_text()[-3000:]}")
+
+    def host_logs(self, host_name: str) -> str:
+        """Everything the worker processes of a host wrote so far."""
+        return "".join(p.log_text() for p in self.lab.procs
+                       if p.host.name == host_name and p.name[:5] in ("train", "eval-"))
 
     def start(self) -> None:
         self.pg.start()
@@ -184,8 +198,10 @@ class Cluster:
             "2"), self.env(self.api))
         self.beat = self.lab.spawn(self.api, "beat", self.cli(self.api, "beat"),
                                    self.env(self.api))
-        for host in self.worker_hosts:
-            self.start_worker(host)
+        started = [self.start_worker(h, role, wait=False)
+                   for h in self.worker_hosts for role in ROLES]
+        for proc in started:
+            self.wait_ready(proc)
         wait_for(lambda: self.lab.client(self._healthy), timeout=60, interval=0.2,
                  what="the API on the api host")
 
@@ -249,8 +265,11 @@ class Cluster:
     def on_client(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self.lab.client(fn, *args)
 
-    def worker_procs(self) -> list[Proc]:
-        return [p for p in self.lab.procs if p.name.startswith("worker")]
+
+
+def owner_host(owner: str | None) -> str:
+    """The host of a lease owner / worker id (`train@w1:1234/…` → `w1`)."""
+    return str(owner or "").split("@", 1)[-1].split(":", 1)[0]
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""The distributed scenarios' fixtures: one lab of namespace hosts per module, and the
+"""The distributed scenarios' fixtures: one lab of namespace hosts for the session, and the
 figures each scenario reports (printed in pytest's summary)."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def report(line: str) -> None:
     FIGURES.append(line)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def lab_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     require_netns()
     root = Path(tmp_path_factory.mktemp("lab"))

@@ -86,7 +86,7 @@ def outcome(c: Cluster, job_ids: list[str]) -> dict[str, int]:
 def p(values: list[float], q: float) -> float:
     """The q-quantile (nearest rank) of `values`."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered) + 0.5)) - 1))]
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
 
 
 def poll(predicate, timeout: float, what: str, interval: float = 0.2):  # type: ignore[no-untyped-def]

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests.distributed.cluster import owner_host
 from tests.distributed.conftest import report
 from tests.distributed.helpers import TINY, items, poll, seed, submit, wait_done
 
@@ -22,7 +23,7 @@ def test_job_search_and_live_scoring_run_across_the_hosts(lab_cluster):
     done = wait_done(c, job_id)
     train_s = time.monotonic() - t0
     assert done["status"] == "succeeded", done.get("error")
-    owners = {str((r.result or {}).get("worker", "")).split("@")[0] for r in items(c, job_id)}
+    owners = {owner_host((r.result or {}).get("worker")) for r in items(c, job_id)}
     assert owners <= {"w1", "w2"} and owners, owners
     version = done["version"]
     status, body, _ = c.http("GET", f"/clm/models/{done['model_id']}/versions/{version}")

@@ -7,7 +7,9 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY workers ./workers
 COPY migrations ./migrations
-RUN pip install .
+# The s3 extra (boto3): the same image keeps its files in an object store when
+# CLM_DATA_DIR / CLM_ARTIFACT_ROOT are s3://bucket/prefix (deploy/kubernetes does).
+RUN pip install '.[s3]'
 # The volume mount points exist and belong to clm, so new named volumes do too. A fixed,
 # numeric uid: Kubernetes' runAsNonRoot can only verify a numeric USER, and
 # deploy/kubernetes runs its pods as this uid.

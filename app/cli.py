@@ -55,7 +55,16 @@ def cli() -> None:
 
 
 def main() -> None:
-    cli(prog_name="clm")
+    # A setting that cannot be used (a bad CLM_* value, an unreachable object store) is
+    # the operator's to fix: one line naming the variable, not a traceback.
+    from app.core.config import ConfigError
+    from app.core.objectstore import ObjectStoreUnavailable
+
+    try:
+        cli(prog_name="clm")
+    except (ConfigError, ObjectStoreUnavailable) as exc:
+        click.echo(f"clm: {exc}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

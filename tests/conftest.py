@@ -50,6 +50,30 @@ def db_url(request: pytest.FixtureRequest) -> Iterator[str]:
         dbs.drop(url)
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real S3-compatible server (moto in server mode, tests/support/objectstore.py)."""
+    try:
+        from tests.support.objectstore import MotoServer
+
+        server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
+    except Exception as exc:
+        unavailable("an S3 test server (moto[server])", exc)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A fresh bucket on `s3_server`, with the (fake) AWS_* variables exported so this
+    process and the workers it starts reach it. `.env()` gives the CLM_* roots."""
+    from tests.support.objectstore import TEST_ENV, new_bucket
+
+    for key, value in TEST_ENV.items():
+        monkeypatch.setenv(key, value)
+    return new_bucket(s3_server)
+
+
 @pytest.fixture
 def pg_url(postgres_dbs: PostgresDatabases) -> Iterator[str]:
     url = postgres_dbs.migrated()

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app.core.config import get_settings
 from app.core.logs import configure_logging
+from app.core.objectstore import ObjectStoreUnavailable
 from app.flows.pipeline import (
     MAIN_PID_ENV,
     THREADS_ENV,
@@ -35,9 +36,10 @@ from workers.celery_app import app
 
 log = logging.getLogger(__name__)
 
-# Transient database trouble: retry with backoff (1, 2, 4, … s, capped, jittered).
+# Transient database or object-store trouble: retry with backoff (1, 2, 4, … s, capped,
+# jittered). The executors re-raise only what `is_transient` says is transient.
 RETRY: dict[str, Any] = {
-    "autoretry_for": (OperationalError, DBAPIError),
+    "autoretry_for": (OperationalError, DBAPIError, ObjectStoreUnavailable),
     "retry_backoff": True,
     "retry_backoff_max": 60,
     "retry_jitter": True,

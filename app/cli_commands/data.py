@@ -98,7 +98,7 @@ def import_file(file: Path, symbol: str, timeframe: str) -> None:
     if bar is not None:
         bar.close()
 
-    store = MarketDataStore(get_settings().data_dir)
+    store = MarketDataStore.from_settings(get_settings())
     try:
         report = store.merge(symbol, timeframe, result.frame, calendar=calendar)
     except SeriesMismatch as exc:
@@ -143,7 +143,7 @@ def list_series(as_json: bool) -> None:
     as unreadable, and the command exits 1)."""
     from app.ml.data.store import MarketDataStore, SeriesUnreadable
 
-    store = MarketDataStore(get_settings().data_dir)
+    store = MarketDataStore.from_settings(get_settings())
     series, broken = store.list_all()
     cals = _calendars() if series else {}
     # Gaps need the timestamps (not just metadata): one column per series, still fast.
@@ -197,7 +197,7 @@ def verify_series(as_json: bool) -> None:
     exit 1 when there is any."""
     from app.ml.data.store import MarketDataStore
 
-    store = MarketDataStore(get_settings().data_dir)
+    store = MarketDataStore.from_settings(get_settings())
     problems = store.verify()
     checked = len(store.series_files())
     if as_json:

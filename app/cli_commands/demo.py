@@ -193,7 +193,7 @@ def _import_data(settings: Settings, bars: int, say: Printer) -> None:
     from app.ml.data.store import MarketDataStore
     from app.ml.data.synthetic import generate_ohlcv
 
-    store = MarketDataStore(settings.data_dir)
+    store = MarketDataStore.from_settings(settings)
     for symbol, kind, seed in ((PLANTED, "planted", 101), (RANDOM, "random_walk", 202)):
         report = store.merge(symbol, TIMEFRAME, generate_ohlcv(kind, bars, TIMEFRAME, seed=seed))
         say(f"{symbol} {TIMEFRAME}: {report.rows_after} bars of synthetic '{kind}' data "
@@ -318,7 +318,7 @@ def _live_data(api: Api, settings: Settings, model_id: str, say: Printer, timeou
     watched = [(v["model_id"], v["version"], v["status"]) for v in api.ok(
         "GET", f"/clm/models?symbol={PLANTED}&limit=50")["items"]
         if v["status"] in ("production", "candidate", "shadow") and v.get("artifact")]
-    store = MarketDataStore(settings.data_dir)
+    store = MarketDataStore.from_settings(settings)
     for n, size in enumerate(LIVE_BATCHES, start=1):
         stored = store.read(PLANTED, TIMEFRAME)
         last = stored.index[-1]
@@ -426,7 +426,7 @@ def _guarded_deployment(api: Api, settings: Settings, model_id: str, v1: str, v2
                                     "promoted_by": "clm demo", "force": True,
                                     "reason": "demo: a bad deploy for the guard to catch"})
     say(f"POST /clm/promote {model_id} {v3} (force) -> production")
-    store = MarketDataStore(settings.data_dir)
+    store = MarketDataStore.from_settings(settings)
     stored = store.read(PLANTED, TIMEFRAME)
     last = stored.index[-1]
     # 12 bars up, then 60 bars down: a long-only holder rides the fall, v1 turns short

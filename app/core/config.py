@@ -2,17 +2,21 @@
 
 Rules: a variable set to the empty string counts as unset; relative defaults live under
 `./var/` of the working directory; bad values raise `ConfigError` naming the variable.
+The two file roots (CLM_DATA_DIR, CLM_ARTIFACT_ROOT) are a local folder or an
+`s3://bucket/prefix` (`S3Location`); app.core.objectstore opens either.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
@@ -84,6 +88,90 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """A file root in an S3-compatible object store: `s3://bucket/prefix`.
+
+    `variable` is the setting it came from (named in every error about it);
+    `endpoint_url` is CLM_S3_ENDPOINT_URL (None: boto3's own AWS_* configuration).
+    Credentials never live here: boto3 reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+    """
+
+    bucket: str
+    prefix: str  # no leading or trailing "/"; "" for the bucket's top
+    variable: str
+    endpoint_url: str | None = None
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def key(self, relative: str) -> str:
+        """The object key of `relative` (a "/"-separated key inside this root)."""
+        return f"{self.prefix}/{relative}" if self.prefix else relative
+
+
+StorageRoot = Path | S3Location
+
+
+def parse_s3_url(value: str, variable: str, endpoint_url: str | None = None) -> S3Location:
+    """`s3://bucket[/prefix]` → S3Location; ConfigError naming `variable` otherwise. The
+    value is echoed only when it cannot hold a secret (no `user:pass@` part)."""
+    rest = value[len("s3://"):]
+    bucket, _, prefix = rest.partition("/")
+    if "@" in bucket:
+        raise ConfigError(f"{variable} must not carry credentials in the URL; set "
+                          "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead")
+    if not _BUCKET_RE.fullmatch(bucket) or ".." in bucket:
+        raise ConfigError(
+            f"{variable} must be s3://BUCKET/PREFIX with a valid bucket name (3-63 "
+            f"lowercase letters, digits, '.' or '-'), got {value!r}")
+    prefix = prefix.strip("/")
+    parts = prefix.split("/") if prefix else []
+    if any(p in ("", ".", "..") for p in parts) or any(c in prefix for c in "?#\\\0"):
+        raise ConfigError(
+            f"{variable}: the prefix of {value!r} must be plain '/'-separated names "
+            "(no empty, '.' or '..' part, no '?', '#' or backslash)")
+    return S3Location(bucket, prefix, variable, endpoint_url)
+
+
+def _endpoint(env: Mapping[str, str]) -> str | None:
+    value = _get(env, "CLM_S3_ENDPOINT_URL")
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises on a non-numeric port
+    except ValueError:
+        parts, port = None, None
+    if parts is not None and (parts.username or parts.password):
+        raise ConfigError("CLM_S3_ENDPOINT_URL must not carry credentials; set "
+                          "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead")
+    if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+            or parts.query or parts.fragment or (port is not None and port == 0)):
+        raise ConfigError("CLM_S3_ENDPOINT_URL must be an http(s)://host[:port] URL of the "
+                          f"S3-compatible service, got {value!r}")
+    return value.rstrip("/")
+
+
+def _storage_root(env: Mapping[str, str], name: str, default: Path,
+                  endpoint_url: str | None) -> StorageRoot:
+    """A local folder (resolved) or `s3://bucket/prefix`; another scheme is refused."""
+    value = _get(env, name)
+    if value is None:
+        return default.resolve()
+    if value[:5].lower() == "s3://":
+        return parse_s3_url("s3://" + value[5:], name, endpoint_url)
+    if _SCHEME_RE.match(value):
+        scheme = value.split("://", 1)[0]
+        raise ConfigError(f"{name} must be a local folder or s3://bucket/prefix; the "
+                          f"scheme {scheme!r} is not supported")
+    return Path(value).resolve()
+
+
 # Seed defaults (EPIC-CLM3-001): hours between periodic retrainings per model type.
 DEFAULT_RETRAIN_INTERVAL_HOURS: dict[str, float] = {
     "xgboost": 168,
@@ -113,8 +201,9 @@ class Settings:
     database_url: str
     broker_url: str
     result_backend: str | None
-    data_dir: Path
-    artifact_root: Path
+    # A local folder (the default) or an S3Location (`s3://bucket/prefix`).
+    data_dir: StorageRoot
+    artifact_root: StorageRoot
     # auth / web
     auth_enabled: bool = True
     # Celery / workers
@@ -245,13 +334,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not isinstance(extra_intervals, dict):
         raise ConfigError("CLM_RETRAIN_INTERVAL_HOURS must be a JSON object {model_type: hours}")
     intervals.update({str(k): float(v) for k, v in extra_intervals.items()})
+    endpoint_url = _endpoint(env)
     return Settings(
         var_dir=var_dir,
         database_url=database_url,
         broker_url=_str(env, "CLM_BROKER_URL", "filesystem://"),
         result_backend=_get(env, "CLM_RESULT_BACKEND"),
-        data_dir=Path(_str(env, "CLM_DATA_DIR", str(var_dir / "data"))).resolve(),
-        artifact_root=Path(_str(env, "CLM_ARTIFACT_ROOT", str(var_dir / "artifacts"))).resolve(),
+        data_dir=_storage_root(env, "CLM_DATA_DIR", var_dir / "data", endpoint_url),
+        artifact_root=_storage_root(env, "CLM_ARTIFACT_ROOT", var_dir / "artifacts",
+                                    endpoint_url),
         auth_enabled=_bool(env, "CLM_AUTH_ENABLED", True),
         worker_concurrency=_int(env, "CLM_WORKER_CONCURRENCY", 2, minimum=1),
         task_soft_time_limit_s=_int(env, "CLM_TASK_SOFT_TIME_LIMIT_S", 1800, minimum=1),

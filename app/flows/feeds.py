@@ -61,7 +61,7 @@ def poll_feed(settings: Settings, feed_id: int, *, force: bool = True,
             return {"feed_id": feed_id, "polled": False, "reason": "busy or not due"}
         kind, config = feed.kind, feed.config
         symbol, timeframe = feed.symbol, feed.timeframe
-    store = MarketDataStore(settings.data_dir)
+    store = MarketDataStore.from_settings(settings)
     added = 0
     error: str | None = None
     extra: dict[str, Any] = {}

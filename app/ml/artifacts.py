@@ -3,9 +3,11 @@
 Owns `ArtifactStore`, `ArtifactRef`, `ArtifactCorrupt`, `ArtifactNotFound` and
 `dataset_hash`. An artifact lives at `<root>/<sha[:2]>/<sha><suffix>` and is addressed
 by the URI `cas://<sha><suffix>`: the URI carries no host or path, so it resolves on
-every machine that mounts the shared artifact root (CLM_ARTIFACT_ROOT). Writes are
-atomic (temp file + fsync + rename) and idempotent (same bytes → same file). No pickle:
-models are stored in their library's format, frames as parquet, documents as JSON.
+every machine that reaches the artifact root (CLM_ARTIFACT_ROOT: a shared folder or an
+`s3://bucket/prefix`, through app.core.objectstore). Writes are atomic and idempotent
+(same bytes → same object); every read re-hashes, whichever backend holds the bytes.
+No pickle: models are stored in their library's format, frames as parquet, documents
+as JSON.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import io
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from app.core.config import Settings
+from app.core.config import Settings, StorageRoot
+from app.core.objectstore import ObjectNotFound, open_object_store
 
 __all__ = [
     "ArtifactCorrupt",
@@ -84,10 +86,11 @@ def parse_uri(uri: str) -> tuple[str, str]:
 
 
 class ArtifactStore:
-    """A directory of immutable, content-addressed artifacts."""
+    """Immutable, content-addressed artifacts under a folder or an s3:// root."""
 
-    def __init__(self, root: Path | str) -> None:
-        self.root = Path(root)
+    def __init__(self, root: StorageRoot | str) -> None:
+        self.objects = open_object_store(root)
+        self.root = Path(root) if isinstance(root, str | Path) else root
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ArtifactStore:
@@ -95,13 +98,25 @@ class ArtifactStore:
         return cls(settings.artifact_root)
 
     # -- bytes -------------------------------------------------------------------------
-    def path_for(self, uri: str) -> Path:
-        """The file of `uri`: always `<root>/<sha[:2]>/<sha><suffix>` (the URI rule allows
-        no separator; checked again here so no URI can name a file elsewhere)."""
+    @staticmethod
+    def key_for(uri: str) -> str:
+        """The object key of `uri`: always `<sha[:2]>/<sha><suffix>` (the URI rule allows
+        no separator, so no URI can name an object elsewhere)."""
         sha, suffix = parse_uri(uri)
-        path = self.root / sha[:2] / f"{sha}{suffix}"
+        name = f"{sha}{suffix}"
+        if "/" in name or os.sep in name:
+            raise ValueError(f"artifact URI {uri!r} names an object outside the store")
+        return f"{sha[:2]}/{name}"
+
+    def path_for(self, uri: str) -> Path:
+        """The file of `uri` in a local store: always `<root>/<sha[:2]>/<sha><suffix>`
+        (checked again here so no URI can name a file elsewhere)."""
+        key = self.key_for(uri)
+        path = self.objects.local_path(key)
+        if path is None:
+            raise ValueError(f"the artifact store {self.objects.url} has no local files")
         inside = os.path.normpath(path).startswith(os.path.normpath(self.root) + os.sep)
-        if not inside or os.sep in f"{sha}{suffix}":
+        if not inside:
             raise ValueError(f"artifact URI {uri!r} names a file outside {self.root}")
         return path
 
@@ -116,11 +131,11 @@ class ArtifactStore:
         data = bytes(data)
         sha = sha256_bytes(data)
         uri = f"{URI_SCHEME}{sha}{suffix}"
-        path = self.path_for(uri)
-        if not (path.exists() and self._hash_file(path) == sha):
-            # An existing file with the wrong content (a torn or tampered write) is
+        key = self.key_for(uri)
+        if self._held_sha(key) != sha:
+            # An existing object with the wrong content (a torn or tampered write) is
             # replaced: the name promises this content, so rewriting it is always right.
-            self._atomic_write(path, data)
+            self.objects.put(key, data)
         return ArtifactRef(uri=uri, sha256=sha, format=fmt, size=len(data))
 
     def get_bytes(self, uri: str, sha256: str | None = None) -> bytes:
@@ -130,21 +145,21 @@ class ArtifactStore:
             raise ArtifactCorrupt(
                 f"expected sha256 {sha256} does not match the URI's {uri_sha} ({uri})"
             )
-        path = self.path_for(uri)
+        key = self.key_for(uri)
         try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise ArtifactNotFound(f"no artifact {uri} under {self.root}") from None
+            data = self.objects.get(key)
+        except ObjectNotFound:
+            raise ArtifactNotFound(f"no artifact {uri} under {self.objects.url}") from None
         actual = sha256_bytes(data)
         if actual != uri_sha:
             raise ArtifactCorrupt(
                 f"artifact {uri} is corrupt: content hashes to {actual}, expected {uri_sha} "
-                f"({path})"
+                f"({self.objects.describe(key)})"
             )
         return data
 
     def exists(self, uri: str) -> bool:
-        return self.path_for(uri).exists()
+        return self.objects.exists(self.key_for(uri))
 
     # -- frames ------------------------------------------------------------------------
     def put_frame(self, frame: pd.DataFrame) -> ArtifactRef:
@@ -168,28 +183,12 @@ class ArtifactStore:
         return json.loads(self.get_bytes(uri, sha256).decode("utf-8"))
 
     # -- internals ---------------------------------------------------------------------
-    @staticmethod
-    def _hash_file(path: Path) -> str:
-        h = hashlib.sha256()
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
-
-    @staticmethod
-    def _atomic_write(path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    def _held_sha(self, key: str) -> str | None:
+        """sha256 of what is stored under `key` now (None when nothing is)."""
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)  # atomic on POSIX: readers see old or new, never half
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            return sha256_bytes(self.objects.get(key))
+        except ObjectNotFound:
+            return None
 
 
 def frame_to_parquet(frame: pd.DataFrame) -> bytes:

@@ -87,7 +87,7 @@ def training_lineage(
     training window), so a problem here is logged and must not fail the training job.
     """
     try:
-        store = ArtifactStore(settings.artifact_root)
+        store = ArtifactStore.from_settings(settings)
         ds_ref = state["dataset"]
         dataset = dataset_from_frame(store.get_frame(ds_ref["uri"], ds_ref["sha256"]))
         oos: list[np.ndarray] = []

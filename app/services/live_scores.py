@@ -199,8 +199,8 @@ class ScoreRun:
 
     @classmethod
     def create(cls, settings: Settings) -> ScoreRun:
-        return cls(settings, MarketDataStore(settings.data_dir),
-                   ArtifactStore(settings.artifact_root))
+        return cls(settings, MarketDataStore.from_settings(settings),
+                   ArtifactStore.from_settings(settings))
 
     def to_dict(self) -> dict[str, Any]:
         return {"scored": self.scored, "bars": self.bars, "errors": self.errors,

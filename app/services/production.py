@@ -108,7 +108,7 @@ class ProductionContext:
 
     # -- data and model ----------------------------------------------------------------
     def market(self, store: MarketDataStore | None) -> MarketDataStore:
-        return store or MarketDataStore(self.settings.data_dir)
+        return store or MarketDataStore.from_settings(self.settings)
 
     def read_bars(self, store: MarketDataStore | None, *, start: datetime | None = None,
                   end: datetime | None = None, last: int | None = None) -> pd.DataFrame:
@@ -199,7 +199,7 @@ def production_context(
         regime=row.regime, params=dict(row.params or {}), lineage=dict(row.lineage or {}),
         artifact_uri=row.artifact_uri, artifact_sha256=row.artifact_sha256,
         created_at=ensure_utc(row.created_at),
-        artifacts=artifacts or ArtifactStore(settings.artifact_root),
+        artifacts=artifacts or ArtifactStore.from_settings(settings),
     )
 
 

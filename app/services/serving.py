@@ -121,7 +121,7 @@ def artifact_bytes(session: Session, settings: Settings, model_id: str, version:
         ModelVersion.model_id == model_id, ModelVersion.version == version))
     if row is None or not row.artifact_uri:
         raise NotFound(f"{model_id} {version} has no artifact")
-    store = ArtifactStore(settings.artifact_root)
+    store = ArtifactStore.from_settings(settings)
     try:
         data = store.get_bytes(row.artifact_uri, row.artifact_sha256)
     except ArtifactNotFound:

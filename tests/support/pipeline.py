@@ -55,7 +55,7 @@ def seed_market(settings: Settings, bars: int = BARS) -> None:
     from app.ml.data.store import MarketDataStore
     from app.ml.data.synthetic import generate_ohlcv
 
-    store = MarketDataStore(settings.data_dir)
+    store = MarketDataStore.from_settings(settings)
     store.merge("PLANTED", "1h", generate_ohlcv("planted", bars, seed=11))
     store.merge("RANDOM", "1h", generate_ohlcv("random_walk", bars, seed=12))
 

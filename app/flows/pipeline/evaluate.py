@@ -240,7 +240,7 @@ def run_register(run: StageRun, evaluation: dict[str, Any],
         items = jobs.work_items(session, run.job_id)
     final = next(it for it in items if it["kind"] == WorkKind.FINAL.value)["result"]
     state = job["artifacts"]
-    lineage = ArtifactStore(settings.artifact_root).get_json(
+    lineage = ArtifactStore.from_settings(settings).get_json(
         state["lineage"]["uri"], state["lineage"]["sha256"])
     lineage["model"]["n_threads"] = final.get("n_threads")
     lineage["job"] = {"job_id": run.job_id, "trigger_reason": job["trigger_reason"],

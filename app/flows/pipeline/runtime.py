@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.logs import job_logger
+from app.core.objectstore import ObjectStoreUnavailable
 from app.db import transaction
 from app.ml.artifacts import ArtifactRef, ArtifactStore
 from app.ml.data.store import MarketDataStore
@@ -47,8 +48,9 @@ class PipelineError(RuntimeError):
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Errors worth a retry with backoff: the database went away for a moment."""
-    if isinstance(exc, OperationalError):
+    """Errors worth a retry with backoff: the database or the object store (an s3://
+    root) went away for a moment."""
+    if isinstance(exc, OperationalError | ObjectStoreUnavailable):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
@@ -194,7 +196,7 @@ class StageRun:
 
 # -- artifacts --------------------------------------------------------------------------
 def stores(settings: Settings) -> tuple[ArtifactStore, MarketDataStore]:
-    return ArtifactStore(settings.artifact_root), MarketDataStore(settings.data_dir)
+    return ArtifactStore.from_settings(settings), MarketDataStore.from_settings(settings)
 
 
 def put_frame(artifacts: ArtifactStore, frame: Any) -> ArtifactRef:

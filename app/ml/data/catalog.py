@@ -4,11 +4,12 @@ Owns `SeriesExtent` (first and last bar, row count, and the gap-free runs of bar
 the rows in any window are counted exactly without reading the Parquet file),
 `extent_of_timestamps`, and the sidecar `root/SYMBOL/.<timeframe>.catalog.json` that
 `MarketDataStore._write` replaces right after the Parquet file (the one place a series
-is written). A sidecar names the size, mtime and inode of the Parquet file it
-describes: a file written by anything else (or a crash between the two replaces)
-no longer matches, and the store derives the extent from the file's timestamp column
-instead. Readers keep the last extent per file in process memory, checked by one
-`stat`, so a request path pays a stat, not a file read.
+is written). A sidecar names the version token of the Parquet object it describes
+(a local file's size, mtime and inode; an S3 object's size and ETag —
+app.core.objectstore): an object written by anything else (or a crash between the two
+writes) no longer matches, and the store derives the extent from the file's timestamp
+column instead. Readers keep the last extent per object in process memory, checked by
+one `stat` (a HEAD on S3), so a request path pays a stat, not a file read.
 
 Why a sidecar and not a database table: the store owns its files and has no database
 (the CLI import, the feeds and the demo write it without a session); a sidecar replaced
@@ -19,17 +20,18 @@ version of the data than the one a reader opens without also failing the stat ch
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["SeriesExtent", "cached_extent", "extent_of_timestamps", "sidecar_path",
-           "write_sidecar"]
+from app.core.objectstore import ObjectStat, ObjectStore
+
+__all__ = ["SeriesExtent", "cached_extent", "extent_of_timestamps", "sidecar_key",
+           "sidecar_path", "write_sidecar"]
 
 _VERSION = 1
 
@@ -69,48 +71,49 @@ def sidecar_path(parquet: Path) -> Path:
     return parquet.parent / f".{parquet.stem}.catalog.json"
 
 
-def _file_key(st: os.stat_result) -> list[int]:
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
+def sidecar_key(key: str) -> str:
+    """`SYMBOL/1h.parquet` → `SYMBOL/.1h.catalog.json`."""
+    folder, _, name = key.rpartition("/")
+    side = f".{name.rsplit('.', 1)[0]}.catalog.json"
+    return f"{folder}/{side}" if folder else side
 
 
-def write_sidecar(parquet: Path, extent: SeriesExtent | None) -> None:
-    """Describe the Parquet file just published at `parquet` (call under the merge lock,
-    after its os.replace). Not fsynced: a lost sidecar is derived again from the file."""
-    side = sidecar_path(parquet)
+def write_sidecar(objects: ObjectStore, key: str, written: ObjectStat,
+                  extent: SeriesExtent | None) -> None:
+    """Describe the Parquet object just published at `key` (`written`: what its put
+    answered); call under the merge lock, after that put. Not durable: a lost sidecar
+    is derived again from the file."""
+    side = sidecar_key(key)
     if extent is None:
-        side.unlink(missing_ok=True)
+        objects.delete(side)
         return
-    doc = {"version": _VERSION, "file": _file_key(parquet.stat()), "rows": extent.rows,
+    doc = {"version": _VERSION, "file": list(written.token), "rows": extent.rows,
            "bar_ns": extent.bar_ns, "run_starts": extent.run_starts.tolist(),
            "run_counts": extent.run_counts.tolist()}
-    fd, tmp = tempfile.mkstemp(dir=parquet.parent, prefix=f"{side.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, separators=(",", ":"))
-        os.replace(tmp, side)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _remember(parquet, _file_key(parquet.stat()), extent)
+    objects.put(side, json.dumps(doc, separators=(",", ":")).encode(), durable=False)
+    _remember(objects, key, list(written.token), extent)
 
 
-# path -> (file key, extent): the extent of the file version last seen by this process.
-_cache: dict[Path, tuple[list[int], SeriesExtent | None]] = {}
+# (store root, key) -> (version token, extent): the extent of the object version last
+# seen by this process.
+_cache: dict[tuple[str, str], tuple[list[Any], SeriesExtent | None]] = {}
 _cache_lock = threading.Lock()
 
 
-def _remember(parquet: Path, key: list[int], extent: SeriesExtent | None) -> None:
+def _remember(objects: ObjectStore, key: str, token: list[Any],
+              extent: SeriesExtent | None) -> None:
     with _cache_lock:
-        _cache[parquet] = (key, extent)
+        _cache[(objects.url, key)] = (token, extent)
 
 
-def _from_sidecar(parquet: Path, key: list[int], bar_ns: int) -> SeriesExtent | bool | None:
-    """The sidecar's extent when it describes this file version, else False."""
+def _from_sidecar(objects: ObjectStore, key: str, token: list[Any],
+                  bar_ns: int) -> SeriesExtent | bool | None:
+    """The sidecar's extent when it describes this object version, else False."""
     try:
-        doc = json.loads(sidecar_path(parquet).read_text())
+        doc = json.loads(objects.get(sidecar_key(key)))
     except (OSError, ValueError):
         return False
-    if (not isinstance(doc, dict) or doc.get("version") != _VERSION or doc.get("file") != key
+    if (not isinstance(doc, dict) or doc.get("version") != _VERSION or doc.get("file") != token
             or doc.get("bar_ns") != bar_ns):
         return False
     starts = np.asarray(doc["run_starts"], dtype=np.int64)
@@ -121,16 +124,20 @@ def _from_sidecar(parquet: Path, key: list[int], bar_ns: int) -> SeriesExtent | 
     return SeriesExtent(int(starts[0]), last, int(doc["rows"]), bar_ns, starts, counts)
 
 
-def cached_extent(parquet: Path, bar_ns: int,
+def cached_extent(objects: ObjectStore, key: str, bar_ns: int,
                   derive: Callable[[], SeriesExtent | None]) -> SeriesExtent | None:
-    """The extent of the file at `parquet` now: from memory when the file has not changed,
-    else its sidecar, else `derive()` (reads the file's timestamps; may raise)."""
-    key = _file_key(parquet.stat())
-    hit = _cache.get(parquet)
-    if hit is not None and hit[0] == key and (hit[1] is None or hit[1].bar_ns == bar_ns):
+    """The extent of the object at `key` now: from memory when it has not changed, else
+    its sidecar, else `derive()` (reads the file's timestamps; may raise).
+    FileNotFoundError when there is no such object."""
+    stat = objects.stat(key)
+    if stat is None:
+        raise FileNotFoundError(objects.describe(key))
+    token = list(stat.token)
+    hit = _cache.get((objects.url, key))
+    if hit is not None and hit[0] == token and (hit[1] is None or hit[1].bar_ns == bar_ns):
         return hit[1]
-    found = _from_sidecar(parquet, key, bar_ns)
+    found = _from_sidecar(objects, key, token, bar_ns)
     if found is False:
         found = derive()
-    _remember(parquet, key, found)
+    _remember(objects, key, token, found)
     return found

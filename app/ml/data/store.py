@@ -1,19 +1,20 @@
-"""Market data store: one Parquet file per (SYMBOL, timeframe) under a root folder.
+"""Market data store: one Parquet file per (SYMBOL, timeframe) under a root.
 
-Owns the on-disk layout `root/SYMBOL/<timeframe>.parquet`, reads (pyarrow with
+Owns the layout `root/SYMBOL/<timeframe>.parquet` (the root is a local folder or an
+`s3://bucket/prefix`; files go through app.core.objectstore), reads (pyarrow with
 timestamp filters, no CSV re-parsing) and merges. A merge is read-modify-write of
-the whole file, so it is serialized across processes with an fcntl lock on
-`root/SYMBOL/.<timeframe>.lock` and published atomically (temp file + fsync +
-os.replace): readers never lock and always see a complete old or new file, and two
-concurrent imports never lose rows.
+the whole file, so it is serialized per series by a `SeriesLock` (app.ml.data.locks:
+an fcntl lock on `root/SYMBOL/.<timeframe>.lock` for a local folder, a database
+advisory lock for S3) and published atomically (an atomic object replace), then its
+catalog sidecar: readers never lock and always see a complete old or new file, and
+two concurrent imports never lose rows.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import io
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,10 +26,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from app.analysis.calendars import DEFAULT_CALENDAR, missing_open_bars
+from app.core.config import S3Location, Settings, StorageRoot
 from app.core.domain import TIMEFRAMES, normalize_symbol, timeframe_seconds
 from app.core.errors import Conflict
+from app.core.objectstore import ObjectNotFound, open_object_store
 from app.ml.data.catalog import SeriesExtent, cached_extent, extent_of_timestamps, write_sidecar
 from app.ml.data.importer import OHLCV_COLUMNS, Gap, find_gaps, format_seconds, frame_from_arrays
+from app.ml.data.locks import DatabaseSeriesLock, FileSeriesLock, SeriesLock
 
 __all__ = [
     "Coverage",
@@ -65,7 +69,7 @@ class SeriesUnreadable(Conflict):
     it, and the same request succeeds once the series is re-imported or restored from a
     backup (docs/OPERATIONS.md). The detail names the series, not the server's path."""
 
-    def __init__(self, symbol: str, timeframe: str, path: Path, reason: str) -> None:
+    def __init__(self, symbol: str, timeframe: str, path: Path | str, reason: str) -> None:
         self.symbol = symbol
         self.timeframe = timeframe
         self.path = path
@@ -91,7 +95,7 @@ class SeriesProblem:
 
     symbol: str
     timeframe: str | None
-    path: Path
+    path: Path | str  # a local file, or the s3:// URL of the object
     problem: str
 
     def to_dict(self) -> dict[str, object]:
@@ -100,7 +104,7 @@ class SeriesProblem:
 
 
 @contextlib.contextmanager
-def _reading(symbol: str, timeframe: str, path: Path) -> Iterator[None]:
+def _reading(symbol: str, timeframe: str, path: Path | str) -> Iterator[None]:
     """pyarrow's read errors (ArrowInvalid, OSError, ...) as `SeriesUnreadable`."""
     try:
         yield
@@ -109,8 +113,12 @@ def _reading(symbol: str, timeframe: str, path: Path) -> Iterator[None]:
             raise
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         # pyarrow quotes the file it failed on; answers name the series, never a server path.
-        for shown in {str(path), os.path.realpath(path), str(path.absolute())}:
-            reason = reason.replace(shown, f"{symbol}/{path.name}")
+        shown_as = f"{symbol}/{timeframe}.parquet"
+        if isinstance(path, Path):
+            for shown in {str(path), os.path.realpath(path), str(path.absolute())}:
+                reason = reason.replace(shown, shown_as)
+        else:
+            reason = reason.replace(path, shown_as)
         raise SeriesUnreadable(symbol, timeframe, path, reason) from exc
 
 
@@ -153,44 +161,78 @@ class MergeReport:
 
 
 class MarketDataStore:
-    """Parquet-per-series market data store rooted at `root` (created on first write)."""
+    """Parquet-per-series market data store rooted at `root` (created on first write).
 
-    def __init__(self, root: Path | str) -> None:
-        self.root = Path(root)
+    A local folder serializes merges with fcntl locks of its own; a remote root (S3)
+    needs the `lock` that every writing host shares — `from_settings` builds it from
+    the registry database."""
+
+    def __init__(self, root: StorageRoot | str, *, lock: SeriesLock | None = None) -> None:
+        self.objects = open_object_store(root)
+        self.root = Path(root) if isinstance(root, str | Path) else root
+        local = not isinstance(root, S3Location)
+        self._lock: SeriesLock | None = lock or (FileSeriesLock(Path(root)) if local else None)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MarketDataStore:
+        """The store under CLM_DATA_DIR; an S3 root merges under a database lock."""
+        lock = None
+        if isinstance(settings.data_dir, S3Location):
+            lock = DatabaseSeriesLock(settings.database_url, str(settings.data_dir),
+                                      settings.var_dir / "locks")
+        return cls(settings.data_dir, lock=lock)
 
     # ----------------------------------------------------------------- paths
 
-    def path_for(self, symbol: str, timeframe: str) -> Path:
-        """Where a series lives (validates symbol and timeframe).
+    def key_for(self, symbol: str, timeframe: str) -> str:
+        """The object key of a series, `SYMBOL/<timeframe>.parquet` (validates both).
 
-        Defence in depth behind the symbol rule: the folder must be exactly one level
-        below the store root once resolved (no `..`, no symlink leading elsewhere), else
-        ValueError naming the symbol."""
+        Defence in depth behind the symbol rule, for a local folder: the symbol's folder
+        must be exactly one level below the store root once resolved (no `..`, no
+        symlink leading elsewhere), else ValueError naming the symbol."""
         sym = normalize_symbol(symbol)
         timeframe_seconds(timeframe)
-        folder = self.root / sym
-        root = self.root.resolve()
-        resolved = folder.resolve()
-        if resolved.parent != root or resolved.name != sym:
-            raise ValueError(
-                f"invalid symbol {symbol!r}: its folder {folder} resolves to {resolved}, "
-                f"outside the market data store {root}"
-            )
-        return folder / f"{timeframe}.parquet"
+        folder = self.objects.local_path(sym)
+        if folder is not None:  # only a local folder can be a symlink
+            root = Path(self.root).resolve()
+            resolved = folder.resolve()
+            if resolved.parent != root or resolved.name != sym:
+                raise ValueError(
+                    f"invalid symbol {symbol!r}: its folder {folder} resolves to {resolved}, "
+                    f"outside the market data store {root}"
+                )
+        return f"{sym}/{timeframe}.parquet"
+
+    def path_for(self, symbol: str, timeframe: str) -> Path:
+        """The file of a series in a local store (ValueError for a remote one)."""
+        path = self.objects.local_path(self.key_for(symbol, timeframe))
+        if path is None:
+            raise ValueError(f"the market data store {self.root} has no local files")
+        return path
+
+    def _where(self, key: str) -> Path | str:
+        """A series' location for problems: the local file, or the object's URL."""
+        return self.objects.local_path(key) or self.objects.describe(key)
+
+    def _source(self, key: str) -> str | pa.BufferReader:
+        """What pyarrow reads: a local file by path (read in place, only the row groups
+        and columns asked for), a remote object fetched whole. ObjectNotFound if absent."""
+        path = self.objects.local_path(key)
+        if path is not None:
+            if not path.exists():
+                raise ObjectNotFound(str(path))
+            return str(path)
+        return pa.BufferReader(self.objects.get(key))
 
     @contextlib.contextmanager
-    def _locked(self, symbol: str, timeframe: str) -> Iterator[Path]:
-        path = self.path_for(symbol, timeframe)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # The lock file is never deleted: unlinking it would let two processes hold
-        # locks on different inodes of "the same" file.
-        lock_path = path.parent / f".{timeframe}.lock"
-        with open(lock_path, "a+b") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                yield path
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    def _locked(self, symbol: str, timeframe: str) -> Iterator[str]:
+        key = self.key_for(symbol, timeframe)
+        if self._lock is None:
+            raise RuntimeError(
+                f"the market data store {self.root} is remote: merges need the lock every "
+                "writing host shares (build it with MarketDataStore.from_settings)")
+        with self._lock(normalize_symbol(symbol), timeframe):
+            yield key
 
     # ----------------------------------------------------------------- reads
 
@@ -206,13 +248,15 @@ class MarketDataStore:
         Naive datetimes are taken as UTC. Raises DataNotFound when the series does
         not exist or the window holds no bar.
         """
-        path = self.path_for(symbol, timeframe)
-        if not path.exists():
+        key = self.key_for(symbol, timeframe)
+        try:
+            source = self._source(key)
+        except ObjectNotFound:
             raise DataNotFound(
                 f"no market data for {normalize_symbol(symbol)} {timeframe} in {self.root} "
                 f"(import some with `clm data import FILE --symbol {symbol} "
                 f"--timeframe {timeframe}`)"
-            )
+            ) from None
         filters = []
         lo = _utc(start) if start is not None else None
         hi = _utc(end) if end is not None else None
@@ -220,8 +264,8 @@ class MarketDataStore:
             filters.append(("timestamp", ">=", lo))
         if hi is not None:
             filters.append(("timestamp", "<=", hi))
-        with _reading(normalize_symbol(symbol), timeframe, path):
-            table = pq.read_table(path, filters=filters or None, schema=_SCHEMA)
+        with _reading(normalize_symbol(symbol), timeframe, self._where(key)):
+            table = pq.read_table(source, filters=filters or None, schema=_SCHEMA)
         if table.num_rows == 0:
             raise DataNotFound(
                 f"no {normalize_symbol(symbol)} {timeframe} bars between "
@@ -233,26 +277,28 @@ class MarketDataStore:
     def coverage(self, symbol: str, timeframe: str) -> Coverage | None:
         """First/last timestamp and row count from Parquet metadata (no data read);
         `SeriesUnreadable` when the file is there but cannot be read."""
-        path = self.path_for(symbol, timeframe)
-        if not path.exists():
+        key = self.key_for(symbol, timeframe)
+        try:
+            return self._coverage_of(key, normalize_symbol(symbol), timeframe)
+        except ObjectNotFound:
             return None
-        return self._coverage_of(path, normalize_symbol(symbol), timeframe)
 
     def extent(self, symbol: str, timeframe: str) -> SeriesExtent | None:
         """The series' extent (first/last bar, rows, gap-free runs) from the catalog kept
         when it was written (app.ml.data.catalog), without reading the file; None when
         the series is absent or empty, `SeriesUnreadable` when its file cannot be read."""
-        path = self.path_for(symbol, timeframe)
+        key = self.key_for(symbol, timeframe)
         sym = normalize_symbol(symbol)
         bar = timeframe_seconds(timeframe) * 1_000_000_000
 
         def derive() -> SeriesExtent | None:  # no (matching) sidecar: the file's timestamps
-            with _reading(sym, timeframe, path):
-                ts = pq.read_table(path, columns=["timestamp"]).column("timestamp")
+            source = self._source(key)
+            with _reading(sym, timeframe, self._where(key)):
+                ts = pq.read_table(source, columns=["timestamp"]).column("timestamp")
             return extent_of_timestamps(ts.cast(pa.int64()).to_numpy(), bar)
 
         try:
-            return cached_extent(path, bar, derive)
+            return cached_extent(self.objects, key, bar, derive)
         except FileNotFoundError:
             return None
 
@@ -266,26 +312,31 @@ class MarketDataStore:
         out: list[Coverage] = []
         broken: list[SeriesProblem] = []
         order = {tf: i for i, tf in enumerate(TIMEFRAMES)}
-        for sym, timeframe, file in self.series_files():
+        for sym, timeframe, key in self._series_keys():
             try:
-                cov = self._coverage_of(file, sym, timeframe)
+                cov = self._coverage_of(key, sym, timeframe)
             except SeriesUnreadable as exc:
-                broken.append(SeriesProblem(sym, timeframe, file, f"unreadable: {exc.reason}"))
+                broken.append(SeriesProblem(sym, timeframe, self._where(key),
+                                            f"unreadable: {exc.reason}"))
+                continue
+            except ObjectNotFound:  # removed since the listing
                 continue
             if cov is not None:
                 out.append(cov)
         out.sort(key=lambda c: (c.symbol, order[c.timeframe]))
         return out, broken
 
-    def series_files(self) -> list[tuple[str, str, Path]]:
-        """(symbol, timeframe, file) of every series file in the store's layout."""
-        found: list[tuple[str, str, Path]] = []
-        if not self.root.is_dir():
-            return found
-        for sym_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            for file in sorted(sym_dir.glob("*.parquet")):
-                if file.stem in TIMEFRAMES:
-                    found.append((sym_dir.name, file.stem, file))
+    def series_files(self) -> list[tuple[str, str, Path | str]]:
+        """(symbol, timeframe, file or object URL) of every series in the store's layout."""
+        return [(sym, tf, self._where(key)) for sym, tf, key in self._series_keys()]
+
+    def _series_keys(self) -> list[tuple[str, str, str]]:
+        found: list[tuple[str, str, str]] = []
+        for folder in self.objects.children()[0]:
+            for name in self.objects.children(folder)[1]:
+                stem, dot, ext = name.rpartition(".")
+                if dot and ext == "parquet" and stem in TIMEFRAMES:
+                    found.append((folder, stem, f"{folder}/{name}"))
         return found
 
     def verify(self) -> list[SeriesProblem]:
@@ -293,35 +344,40 @@ class MarketDataStore:
         schema, timestamps not strictly increasing or off the timeframe's grid, NaN/inf
         values, empty files, folders and files that are not a series. Empty = healthy."""
         problems: list[SeriesProblem] = []
-        if not self.root.is_dir():
-            return problems
-        for sym_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+        for folder in self.objects.children()[0]:
             try:
-                ok = normalize_symbol(sym_dir.name) == sym_dir.name
+                ok = normalize_symbol(folder) == folder
             except ValueError:
                 ok = False
             if not ok:
-                problems.append(SeriesProblem(sym_dir.name, None, sym_dir,
+                where = self.objects.local_path(folder) or self.objects.describe(folder)
+                problems.append(SeriesProblem(folder, None, where,
                                               "folder name is not a valid symbol"))
-            for file in sorted(sym_dir.glob("*.parquet")):
-                if file.stem not in TIMEFRAMES:
-                    problems.append(SeriesProblem(sym_dir.name, None, file,
+            for name in self.objects.children(folder)[1]:
+                stem, dot, ext = name.rpartition(".")
+                if dot and ext == "parquet" and stem not in TIMEFRAMES:
+                    problems.append(SeriesProblem(folder, None, self._where(f"{folder}/{name}"),
                                                   "not a timeframe's file (ignored by reads)"))
-        for sym, timeframe, file in self.series_files():
-            problem = _verify_file(file, timeframe)
+        for sym, timeframe, key in self._series_keys():
+            try:
+                problem = _verify_file(self._source(key), timeframe)
+            except ObjectNotFound:
+                continue
             if problem is not None:
-                problems.append(SeriesProblem(sym, timeframe, file, problem))
+                problems.append(SeriesProblem(sym, timeframe, self._where(key), problem))
         return problems
 
     def gap_counts(self, symbol: str, timeframe: str,
                    calendar: str = DEFAULT_CALENDAR) -> tuple[int, int]:
         """(gaps, missing bars) of a stored series, reading only the timestamp column;
         (0, 0) when absent. Bars the `calendar` does not expect are not missing."""
-        path = self.path_for(symbol, timeframe)
-        if not path.exists():
+        key = self.key_for(symbol, timeframe)
+        try:
+            source = self._source(key)
+        except ObjectNotFound:
             return 0, 0
-        with _reading(normalize_symbol(symbol), timeframe, path):
-            ts = pq.read_table(path, columns=["timestamp"]).column("timestamp")
+        with _reading(normalize_symbol(symbol), timeframe, self._where(key)):
+            ts = pq.read_table(source, columns=["timestamp"]).column("timestamp")
         ns = ts.cast(pa.int64()).to_numpy()
         bar = timeframe_seconds(timeframe) * 1_000_000_000
         if calendar == DEFAULT_CALENDAR:  # the fast path: every spacing over a bar
@@ -331,14 +387,16 @@ class MarketDataStore:
         gaps, missing = missing_open_bars(ns, bar, calendar, limit=2**62)
         return len(gaps), missing
 
-    @staticmethod
-    def _coverage_of(path: Path, symbol: str, timeframe: str) -> Coverage | None:
-        with _reading(symbol, timeframe, path):
-            return MarketDataStore._coverage_from_metadata(path, symbol, timeframe)
+    def _coverage_of(self, key: str, symbol: str, timeframe: str) -> Coverage | None:
+        """ObjectNotFound when absent, SeriesUnreadable when unreadable."""
+        source = self._source(key)
+        with _reading(symbol, timeframe, self._where(key)):
+            return MarketDataStore._coverage_from_metadata(source, symbol, timeframe)
 
     @staticmethod
-    def _coverage_from_metadata(path: Path, symbol: str, timeframe: str) -> Coverage | None:
-        meta = pq.ParquetFile(path).metadata
+    def _coverage_from_metadata(source: str | pa.BufferReader, symbol: str,
+                                timeframe: str) -> Coverage | None:
+        meta = pq.ParquetFile(source).metadata
         if meta.num_rows == 0:
             return None
         ts_idx = meta.schema.to_arrow_schema().get_field_index("timestamp")
@@ -352,7 +410,9 @@ class MarketDataStore:
             first = lo if first is None else min(first, lo)
             last = hi if last is None else max(last, hi)
         if first is None or last is None:  # no statistics: read just that column
-            ts = pq.read_table(path, columns=["timestamp"]).column("timestamp")
+            if isinstance(source, pa.BufferReader):
+                source.seek(0)
+            ts = pq.read_table(source, columns=["timestamp"]).column("timestamp")
             first, last = pd.Timestamp(ts[0].as_py()), pd.Timestamp(ts[-1].as_py())
         return Coverage(symbol, timeframe, _as_utc(first), _as_utc(last), int(meta.num_rows))
 
@@ -368,14 +428,18 @@ class MarketDataStore:
         """
         sym = normalize_symbol(symbol)
         new_ts, new_vals = _check_frame(frame)
-        with self._locked(sym, timeframe) as path:
+        with self._locked(sym, timeframe) as key:
             old_ts = np.empty(0, dtype=np.int64)
             old_vals = np.empty((0, len(OHLCV_COLUMNS)))
-            if path.exists():
+            try:
+                source = self._source(key)
+            except ObjectNotFound:
+                source = None
+            if source is not None:
                 # An unreadable stored file is never silently replaced by the import:
                 # the operator decides (move it aside, then import; docs/OPERATIONS.md).
-                with _reading(sym, timeframe, path):
-                    old = pq.read_table(path, schema=_SCHEMA)
+                with _reading(sym, timeframe, self._where(key)):
+                    old = pq.read_table(source, schema=_SCHEMA)
                 if old.num_rows:
                     old_ts = old.column("timestamp").cast(pa.int64()).to_numpy()
                     old_vals = np.column_stack([old.column(c).to_numpy() for c in OHLCV_COLUMNS])
@@ -400,7 +464,7 @@ class MarketDataStore:
             vals = np.concatenate([old_vals[keep_old], new_vals])
             order = np.argsort(ts, kind="stable")
             ts, vals = ts[order], vals[order]
-            self._write(path, ts, vals)
+            self._write(key, timeframe, ts, vals)
         merged_index = pd.DatetimeIndex(ts.view("datetime64[ns]")).tz_localize("UTC")
         gaps, missing = find_gaps(merged_index, timeframe, calendar=calendar)
         return MergeReport(
@@ -418,38 +482,27 @@ class MarketDataStore:
             missing_bars=missing,
         )
 
-    @staticmethod
-    def _write(path: Path, ts: np.ndarray, vals: np.ndarray) -> None:
+    def _write(self, key: str, timeframe: str, ts: np.ndarray, vals: np.ndarray) -> None:
+        """Publish the merged series (one atomic replace), then its catalog sidecar."""
         ts_array = pa.array(ts.view("datetime64[ns]"), type=pa.timestamp("ns"))
         arrays = [ts_array.cast(_SCHEMA.field("timestamp").type)]
         arrays += [pa.array(np.ascontiguousarray(vals[:, i])) for i in range(vals.shape[1])]
         table = pa.Table.from_arrays(arrays, schema=_SCHEMA)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                pq.write_table(table, fh, compression="zstd", row_group_size=1 << 20)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd", row_group_size=1 << 20)
+        written = self.objects.put(key, buf.getvalue())
         # The catalog follows the file it describes, in this one place every write goes
-        # through (under the merge lock): POST /clm/train reads the extent from it.
-        write_sidecar(path, extent_of_timestamps(ts, timeframe_seconds(path.stem) * 10**9))
+        # through (under the merge lock): POST /clm/train reads the extent from it. A
+        # reader between the two writes finds a sidecar for the old version, which no
+        # longer matches, and derives the extent from the new file.
+        write_sidecar(self.objects, key, written,
+                      extent_of_timestamps(ts, timeframe_seconds(timeframe) * 10**9))
 
 
-def _verify_file(path: Path, timeframe: str) -> str | None:
+def _verify_file(source: str | pa.BufferReader, timeframe: str) -> str | None:
     """What is wrong with one series file read in full, or None."""
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(source)
     except (pa.ArrowException, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return f"unreadable: {first}"

@@ -39,7 +39,7 @@ def load_frame(settings: Settings, uri: str, sha256: str | None) -> pd.DataFrame
         if key in _frame_cache:
             _frame_cache.move_to_end(key)
             return _frame_cache[key]
-    frame = ArtifactStore(settings.artifact_root).get_frame(uri, sha256)
+    frame = ArtifactStore.from_settings(settings).get_frame(uri, sha256)
     frame.index = pd.DatetimeIndex(frame.index).tz_convert("UTC").rename("timestamp")
     with _cache_lock:
         _frame_cache[key] = frame
@@ -66,7 +66,7 @@ def read_market_data(settings: Settings, symbol: str, timeframe: str,
                       span_days: int) -> pd.DataFrame:
     """The last `span_days` of stored bars; InvalidInput naming the field when the store
     has no such data or less than asked for."""
-    store = MarketDataStore(settings.data_dir)
+    store = MarketDataStore.from_settings(settings)
     coverage = store.coverage(symbol, timeframe)
     if coverage is None:
         raise InvalidInput("symbol", f"no market data for {symbol} {timeframe}; import some "
@@ -90,4 +90,4 @@ def read_market_data(settings: Settings, symbol: str, timeframe: str,
 
 def store_snapshot(settings: Settings, frame: pd.DataFrame) -> ArtifactRef:
     """Freeze the search's data as an artifact (content-addressed: uri and sha256)."""
-    return ArtifactStore(settings.artifact_root).put_frame(frame)
+    return ArtifactStore.from_settings(settings).put_frame(frame)

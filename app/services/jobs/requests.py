@@ -163,7 +163,7 @@ def validate_training_request(
 
     # The extent comes from the store's catalog (kept when the series was written): no
     # Parquet read on the request path, and the rows in the span are counted exactly.
-    extent = MarketDataStore(settings.data_dir).extent(sym, timeframe)
+    extent = MarketDataStore.from_settings(settings).extent(sym, timeframe)
     if extent is None:
         raise InvalidInput(
             "symbol",

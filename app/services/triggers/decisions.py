@@ -289,7 +289,7 @@ def _clamp_span(settings: Settings, symbol: str, timeframe: str, span: int) -> i
     """An automatic retrain uses at most the days of data the store holds (a person's
     request is taken as asked: the job refuses it, naming what is stored)."""
     try:
-        coverage = MarketDataStore(settings.data_dir).coverage(symbol, timeframe)
+        coverage = MarketDataStore.from_settings(settings).coverage(symbol, timeframe)
     except (OSError, ValueError):
         return span
     if coverage is None:

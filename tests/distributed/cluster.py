@@ -1,7 +1,8 @@
 """A CLM deployment across network-namespace hosts (tests/support/netns.py):
 
-    services 10.231.0.2   its own PostgreSQL (initdb + pg_ctl, port 5432) and its own
-                          redis-server (port 6379)   [+ the object store, see FILES]
+    services 10.231.0.2   its own PostgreSQL (initdb + pg_ctl, port 5432), its own
+                          redis-server (port 6379) and an S3-compatible object store
+                          (moto in server mode, port 9000; bucket `clm-dist`)
     api      10.231.0.3   `clm serve` (gunicorn, port 8000) and `clm beat`
     w1, w2   10.231.0.4/5 two `clm worker`s each, as the Procfile runs them: `train`
                           (queue train) and `eval` (queues data, evaluate, default: the
@@ -9,10 +10,11 @@
     client   10.231.0.1   the test itself (HTTP calls and database reads, over the lab)
 
 Every host gets the services' addresses through the environment only (CLM_DATABASE_URL,
-CLM_BROKER_URL, ...), and its own CLM_VAR_DIR. FILES: the market data store and the
-artifact store are one shared folder (CLM_DATA_DIR / CLM_ARTIFACT_ROOT) standing in for
-the object store until the S3 backend lands; that is the one thing the hosts share
-besides PostgreSQL and Redis.
+CLM_BROKER_URL, CLM_DATA_DIR / CLM_ARTIFACT_ROOT = s3://clm-dist/..., CLM_S3_ENDPOINT_URL,
+AWS_* credentials) and its own CLM_VAR_DIR: the hosts share nothing but PostgreSQL, Redis
+and the object store. Why moto: pure Python (a test dependency already, see
+tests/support/objectstore.py), it speaks the S3 HTTP API over a real socket, so boto3's
+requests cross the lab's network like any other service's.
 
 Knobs for fast failure detection, as an operator would set them: a 4 s job lease,
 a reaper every second, a 2 s scheduler tick.
@@ -33,11 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.netns import REPO, Host, Lab, Proc
+from tests.support.objectstore import TEST_ENV as S3_TEST_ENV
 from tests.support.private_services import _pg_bin
 from tests.support.services import unavailable
 from tests.support.workers import wait_for
 
-PG_PORT, REDIS_PORT, API_PORT = 5432, 6379, 8000
+PG_PORT, REDIS_PORT, API_PORT, S3_PORT = 5432, 6379, 8000, 9000
+BUCKET = "clm-dist"
 LEASE_S = 4
 ROLES = {"train": "train", "eval": "data,evaluate,default"}  # the Procfile's workers
 
@@ -93,6 +97,7 @@ class Cluster:
     database_url: str = ""
     broker_url: str = ""
     redis: Proc | None = None
+    s3: Proc | None = None
     web: Proc | None = None
     beat: Proc | None = None
     workers: dict[str, Proc] = field(default_factory=dict)
@@ -105,7 +110,6 @@ class Cluster:
         base = {k: v for k, v in os.environ.items() if not k.startswith("CLM_")}
         var = self.root / "hosts" / host.name / "var"
         var.mkdir(parents=True, exist_ok=True)
-        objects = self.root / "objects"
         return {
             **base,
             "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
@@ -113,8 +117,10 @@ class Cluster:
             "CLM_DATABASE_URL": self.database_url,
             "CLM_BROKER_URL": self.broker_url,
             "CLM_VAR_DIR": str(var),
-            "CLM_DATA_DIR": str(objects / "data"),
-            "CLM_ARTIFACT_ROOT": str(objects / "artifacts"),
+            "CLM_DATA_DIR": f"s3://{BUCKET}/data",
+            "CLM_ARTIFACT_ROOT": f"s3://{BUCKET}/artifacts",
+            "CLM_S3_ENDPOINT_URL": self.s3_endpoint,
+            **S3_TEST_ENV,
             "CLM_JOB_LEASE_SECONDS": str(LEASE_S),
             "CLM_REAPER_INTERVAL_S": "1",
             "CLM_SCHEDULER_TICK_S": "2",
@@ -148,6 +154,59 @@ class Cluster:
                                     socket_timeout=0.5, socket_connect_timeout=0.5).ping())
         except Exception:
             return False
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://{self.services.ip}:{S3_PORT}"
+
+    def start_s3(self) -> None:
+        """moto's S3 server on the services host, and the bucket every host uses."""
+        self.s3 = self.lab.spawn(self.services, "s3", [
+            sys.executable, "-m", "moto.server", "-H", self.services.ip, "-p", str(S3_PORT)],
+            {**self.env(self.services), **S3_TEST_ENV})
+        wait_for(lambda: self.lab.client(self._s3_up), timeout=60, interval=0.2,
+                 what="the S3 server on the services host")
+        self.lab.client(lambda: self._s3_client().create_bucket(Bucket=BUCKET))
+
+    def _s3_client(self) -> Any:
+        import boto3
+
+        return boto3.session.Session(
+            aws_access_key_id=S3_TEST_ENV["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=S3_TEST_ENV["AWS_SECRET_ACCESS_KEY"],
+            region_name=S3_TEST_ENV["AWS_DEFAULT_REGION"]).client(
+                "s3", endpoint_url=self.s3_endpoint)
+
+    def _s3_up(self) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.s3_endpoint}/moto-api/", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def s3_keys(self, prefix: str) -> list[str]:
+        def keys() -> list[str]:
+            found: list[str] = []
+            for page in self._s3_client().get_paginator("list_objects_v2").paginate(
+                    Bucket=BUCKET, Prefix=prefix):
+                found += [o["Key"] for o in page.get("Contents", [])]
+            return found
+
+        return self.lab.client(keys)
+
+    def merge(self, symbol: str, frame: Any) -> None:
+        """Store bars as a host does (S3, under the database's series lock), from the
+        client host."""
+        def run() -> None:
+            from app.core.config import load_settings
+            from app.ml.data.store import MarketDataStore
+
+            settings = load_settings(self.env(self.lab.hosts["client"]))
+            MarketDataStore.from_settings(settings).merge(symbol, "1h", frame)
+
+        self.lab.client(run)
 
     def restart_redis(self) -> float:
         """SIGKILL redis (it keeps nothing: every queued message is gone) and start it
@@ -190,6 +249,7 @@ class Cluster:
         self.lab.client(self._create_database)
         self.start_redis()
         self.broker_url = f"redis://{self.services.ip}:{REDIS_PORT}/0"
+        self.start_s3()
         self.lab.netns_exec(self.api, "env", *[f"{k}={v}" for k, v in self.env(self.api).items()],
                             *self.cli(self.api, "db", "upgrade"))
         self.token = self.lab.client(self._token)
@@ -275,6 +335,9 @@ def owner_host(owner: str | None) -> str:
 @contextmanager
 def cluster(root: Path, **env: str) -> Iterator[Cluster]:
     """Build the lab and start everything; always tear it all down."""
+    # The test's own S3 calls (seeding bars, listing keys) use the fake credentials too.
+    saved = {k: os.environ.get(k) for k in S3_TEST_ENV}
+    os.environ.update(S3_TEST_ENV)
     lab = Lab(root)
     try:
         services = lab.add_host("services")
@@ -290,3 +353,8 @@ def cluster(root: Path, **env: str) -> Iterator[Cluster]:
         with suppress(Exception):
             lab.client(dispose_engines)
         lab.close()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -14,12 +14,11 @@ TINY = {"n_estimators": 8, "max_depth": 3}
 
 def seed(c: Cluster, symbol: str, kind: str = "planted", bars: int = 3000,
          seed_value: int = 11) -> None:
-    """Store a synthetic series where every host reads market data (CLM_DATA_DIR)."""
-    from app.ml.data.store import MarketDataStore
+    """Store a synthetic series where every host reads market data (CLM_DATA_DIR, in
+    the object store), over the lab's network."""
     from app.ml.data.synthetic import generate_ohlcv
 
-    MarketDataStore(c.root / "objects" / "data").merge(
-        symbol, "1h", generate_ohlcv(kind, bars, seed=seed_value))
+    c.merge(symbol, generate_ohlcv(kind, bars, seed=seed_value))
 
 
 def submit(c: Cluster, symbol: str, *, model_type: str = "xgboost", span: int = 120,

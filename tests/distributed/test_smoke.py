@@ -25,6 +25,8 @@ def test_job_search_and_live_scoring_run_across_the_hosts(lab_cluster):
     assert done["status"] == "succeeded", done.get("error")
     owners = {owner_host((r.result or {}).get("worker")) for r in items(c, job_id)}
     assert owners <= {"w1", "w2"} and owners, owners
+    # The files went to the object store on the services host, nowhere else.
+    assert c.s3_keys("artifacts/") and c.s3_keys("data/PLANTED")
     version = done["version"]
     status, body, _ = c.http("GET", f"/clm/models/{done['model_id']}/versions/{version}")
     assert status == 200 and body["status"] in ("candidate", "shadow"), body
@@ -47,12 +49,11 @@ def test_job_search_and_live_scoring_run_across_the_hosts(lab_cluster):
     assert result["trials_evaluated"] >= 4
 
     # Live scoring: new bars in the store; beat's tick on a worker host scores the version.
-    from app.ml.data.store import MarketDataStore
     from app.ml.data.synthetic import generate_ohlcv
 
     t2 = time.monotonic()
     longer = generate_ohlcv("planted", 3048, seed=11)  # the same series, 48 bars on
-    MarketDataStore(c.root / "objects" / "data").merge("PLANTED", "1h", longer)
+    c.merge("PLANTED", longer)
 
     def scored():
         s, b, _ = c.http("GET", f"/clm/models/{done['model_id']}/versions/{version}/live")

@@ -4,10 +4,8 @@ shutdown: the running task gets CLM_WORKER_SOFT_SHUTDOWN_TIMEOUT_S to finish, re
 messages go back to the broker. Nothing may be lost, nothing may run twice into two
 versions; the p99 of POST /clm/train is reported.
 
-CLM_DIST_JOBS sets the number of jobs: default 100 tiny ones (1500 bars, 5 trees). The
-issue asks for 200; on a 2-core machine the lab sustains ~0.6 jobs/s, so 200 jobs take
-~6 minutes alone and push the whole distributed run past its ~8-minute budget: 100 keeps
-it near 5 minutes. `CLM_DIST_JOBS=200 make test-distributed` runs the issue's figure.
+CLM_DIST_JOBS sets the number of jobs (default 200, the issue's figure; tiny ones: 1500
+bars, 5 trees, so that on a 2-core machine they finish in about two minutes).
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ from tests.distributed.helpers import outcome, p, poll, seed
 
 pytestmark = [pytest.mark.distributed, pytest.mark.services, pytest.mark.slow]
 
-JOBS = int(os.environ.get("CLM_DIST_JOBS", "100"))
+JOBS = int(os.environ.get("CLM_DIST_JOBS", "200"))
 CLIENTS = 10
 SMALL = {"n_estimators": 5, "max_depth": 2}
 
@@ -43,6 +41,7 @@ def test_rolling_restart_under_load_loses_nothing(lab_cluster):
     job_ids: list[str] = []
     errors: list[str] = []
     lock = threading.Lock()
+    submitted_at: list[float] = []
 
     def client(mine: list[str]) -> None:
         for s in mine:
@@ -55,6 +54,8 @@ def test_rolling_restart_under_load_loses_nothing(lab_cluster):
                     job_ids.append(body["job_id"])
                 else:
                     errors.append(f"{status} {body}")
+        with lock:
+            submitted_at.append(time.monotonic())
 
     pool = c.lab.pool("client", CLIENTS)  # ten threads on the client host
     t0 = time.monotonic()
@@ -76,7 +77,7 @@ def test_rolling_restart_under_load_loses_nothing(lab_cluster):
                             f"{time.monotonic() - t_r:.1f}s")
     for f in futures:
         f.result()
-    submitted_s = time.monotonic() - t0
+    submitted_s = max(submitted_at) - t0
     assert not errors, errors[:5]
     assert len(job_ids) == JOBS
 

@@ -225,6 +225,18 @@ def test_market_data_import_read_merge_and_catalog_in_the_bucket(
     assert r.returncode == 1 and "2 problem(s)" in r.stdout, r.stdout + r.stderr
 
 
+def test_a_missing_bucket_is_unavailable_not_an_absent_series(
+        s3_bucket: S3Bucket, sqlite_url: str, make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(sqlite_url, CLM_DATA_DIR="s3://clm-no-such-bucket/data",
+                             CLM_S3_ENDPOINT_URL=s3_bucket.endpoint_url)
+    store = MarketDataStore.from_settings(settings)
+    for call in (lambda: store.extent("BTCUSDT", "1h"), lambda: store.read("BTCUSDT", "1h"),
+                 lambda: store.merge("BTCUSDT", "1h", bars(range(3)))):
+        with pytest.raises(ObjectStoreUnavailable, match="CLM_DATA_DIR") as info:
+            call()
+        assert "clm-no-such-bucket" in str(info.value)
+
+
 def test_a_remote_store_without_a_shared_lock_refuses_to_merge(s3_bucket: S3Bucket) -> None:
     store = MarketDataStore(_s3_root(s3_bucket, "data", "CLM_DATA_DIR"))
     with pytest.raises(RuntimeError, match="from_settings"):
@@ -256,9 +268,10 @@ def _clm_env() -> dict[str, str]:
 
 @pytest.mark.timeout(180)
 def test_concurrent_merges_on_s3_from_two_processes_lose_no_bar(
-        s3_bucket: S3Bucket, pg_url: str, make_settings: Callable[..., Settings],
+        s3_bucket: S3Bucket, db_url: str, make_settings: Callable[..., Settings],
         tmp_path: Path) -> None:
-    settings = make_settings(pg_url, **s3_bucket.env())
+    """PostgreSQL: the advisory lock; SQLite (one machine): the file lock beside it."""
+    settings = make_settings(db_url, **s3_bucket.env())
     rounds = 15
     go = tmp_path / "go"
     ctx = mp.get_context("spawn")  # no fork of a process with pyarrow / boto3 threads

@@ -275,6 +275,9 @@ class S3ObjectStore:
         try:
             answer = self._call(f"inspect {key}", "head_object", Key=self._key(key))
         except ObjectNotFound:
+            # A HEAD answers a bare 404 for a missing bucket too: one listing tells the
+            # two apart (NoSuchBucket is ObjectStoreUnavailable, not "no such series").
+            self._call(f"inspect {key}", "list_objects_v2", Prefix=self._key(key), MaxKeys=1)
             return None
         size = int(answer["ContentLength"])
         return ObjectStat(size, (size, str(answer.get("ETag", "")).strip('"')))

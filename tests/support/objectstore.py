@@ -35,13 +35,16 @@ def free_port() -> int:
 class MotoServer:
     """`moto_server -H 127.0.0.1 -p PORT` as a subprocess; `endpoint_url` once it answers."""
 
-    def __init__(self, log_path: Path, ready_timeout: float = 60.0) -> None:
-        port = free_port()
-        self.endpoint_url = f"http://127.0.0.1:{port}"
+    def __init__(self, log_path: Path, ready_timeout: float = 60.0, host: str = "127.0.0.1",
+                 port: int | None = None, advertise: str | None = None) -> None:
+        """`host`/`port`: where it binds (default 127.0.0.1, a free port); `advertise`:
+        the address clients use when that is not `host` (e.g. bound to 0.0.0.0)."""
+        port = port or free_port()
+        self.endpoint_url = f"http://{advertise or host}:{port}"
         self.log_path = log_path
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, **TEST_ENV}, start_new_session=True)
         deadline = time.monotonic() + ready_timeout

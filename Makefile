@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test lint bench up clean
+.PHONY: venv demo test test-distributed lint bench up clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +16,16 @@ venv: $(VENV)/.installed
 demo: venv
 	$(BIN)/clm demo
 
+# The distributed scenarios (tests/distributed: hosts in network namespaces, root only)
+# run in their own target, so `make test` does not run them a second time.
 test: venv
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not distributed"
+
+# Hosts built from network namespaces (root): PostgreSQL + Redis + S3, api + beat, two
+# worker hosts; partitions, SIGSTOP, broker loss, rolling restart (CLM_DIST_JOBS jobs).
+test-distributed: venv
+	$(BIN)/pytest -q -m distributed tests/distributed
 
 lint: venv
 	$(BIN)/ruff check .

@@ -127,10 +127,10 @@ def test_claim_is_exclusive_and_an_expired_lease_is_taken_over(settings, market)
     with transaction(settings.database_url) as session:
         taken = jobs.claim_stage(session, settings, job_id, "prepare", "w2/b", now=later)
         assert taken is not None and taken["attempts"] == 2  # the lost lease cost an attempt
-        assert not jobs.renew_stage_lease(session, settings, job_id, "w1/a")  # w1 lost it
-        assert jobs.renew_stage_lease(session, settings, job_id, "w2/b")
+        assert not jobs.renew_stage_lease(session, settings, job_id, "w1/a", 1)  # w1 lost it
+        assert jobs.renew_stage_lease(session, settings, job_id, "w2/b", 2)
         with pytest.raises(jobs.LeaseLost):
-            jobs.begin_step(session, settings, job_id, "w1/a", "fetch_data")
+            jobs.begin_step(session, settings, job_id, "w1/a", 1, "fetch_data")
 
 
 def test_claims_stop_when_attempts_are_spent(settings, market):
@@ -156,7 +156,7 @@ def test_claims_stop_when_attempts_are_spent(settings, market):
 def _in_train_stage(settings, items):
     job_id = _claimed(settings, "prep/1")
     with transaction(settings.database_url) as session:
-        jobs.start_train_stage(session, settings, job_id, "prep/1", items,
+        jobs.start_train_stage(session, settings, job_id, "prep/1", 1, items,
                                {"dataset": {"uri": "cas://x"}})
         # What the fan-out published after its commit: one train-queue task per item.
         dispatches = jobs.pending_dispatches(session, job_id)
@@ -179,11 +179,11 @@ def test_fan_in_counts_each_item_once_and_advances_exactly_once(settings, market
             assert jobs.claim_work_item(session, settings, job_id, kind, fold, "dup/x") is None
         with transaction(settings.database_url) as session:
             advanced.append(jobs.complete_work_item(
-                session, settings, job_id, kind, fold, owner,
+                session, settings, job_id, kind, fold, owner, 1,
                 {"uri": f"cas://{kind}{fold}", "fit_s": 0.1}))
         # A redelivered completion neither counts nor advances again.
         with pytest.raises(jobs.LeaseLost), transaction(settings.database_url) as session:
-            jobs.complete_work_item(session, settings, job_id, kind, fold, owner, {})
+            jobs.complete_work_item(session, settings, job_id, kind, fold, owner, 1, {})
         with transaction(settings.database_url) as session:
             assert jobs.claim_work_item(session, settings, job_id, kind, fold, "late/x") is None
     assert advanced == [False, False, True]  # only the last completion advances
@@ -234,14 +234,14 @@ def test_reaper_recovers_lost_work_items_and_fails_when_spent(settings, market):
     for attempt in range(2, settings.job_max_attempts + 1):
         now += lease
         with transaction(settings.database_url) as session:
-            jobs.renew_item_lease(session, settings, job_id, "final", 0, "ok/1", now=now)
+            jobs.renew_item_lease(session, settings, job_id, "final", 0, "ok/1", 1, now=now)
             result = jobs.reap(session, settings, now=now)
             assert result.dispatches == [jobs.item_dispatch(job_id, "fold", 0)]
             assert jobs.claim_work_item(session, settings, job_id, "fold", 0, f"dead/{attempt}",
                                         now=now)["item"]["attempts"] == attempt
     now += lease
     with transaction(settings.database_url) as session:
-        jobs.renew_item_lease(session, settings, job_id, "final", 0, "ok/1", now=now)
+        jobs.renew_item_lease(session, settings, job_id, "final", 0, "ok/1", 1, now=now)
         assert jobs.reap(session, settings, now=now).failed == [job_id]
     with transaction(settings.database_url) as session:
         job = jobs.get_job(session, job_id)
@@ -252,7 +252,7 @@ def test_reaper_recovers_lost_work_items_and_fails_when_spent(settings, market):
     assert all(i.lease_owner is None for i in items)
     # The surviving item's completion is refused: the job is over.
     with pytest.raises(jobs.LeaseLost), transaction(settings.database_url) as session:
-        jobs.complete_work_item(session, settings, job_id, "final", 0, "ok/1", {})
+        jobs.complete_work_item(session, settings, job_id, "final", 0, "ok/1", 1, {})
 
 
 def test_broker_down_at_enqueue_keeps_the_job_for_the_reaper(sqlite_url, make_settings):

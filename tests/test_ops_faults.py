@@ -386,13 +386,13 @@ def test_a_pool_process_cancelled_inside_native_code_does_not_fail_the_job(
     billiard.common._should_have_exited[0] = True
     try:
         with pytest.raises(SystemExit):
-            pipeline._fail(settings, job_id, owner, "validate_data", error)
+            pipeline._fail(settings, job_id, owner, 1, "validate_data", error)
     finally:
         billiard.common.clear_terminate_handler_fired()
     with transaction(settings.database_url) as session:
         assert jobs.get_job(session, job_id)["status"] == "running"  # left to its lease
     # Not cancelled: the same error is the job's failure, as before.
-    pipeline._fail(settings, job_id, owner, "validate_data", error)
+    pipeline._fail(settings, job_id, owner, 1, "validate_data", error)
     with transaction(settings.database_url) as session:
         job = jobs.get_job(session, job_id)
     assert job["status"] == "failed" and "XGBoostError" in job["error"]

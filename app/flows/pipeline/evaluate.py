@@ -223,8 +223,9 @@ def run_evaluate(run: StageRun) -> tuple[dict[str, Any], dict[str, Any]]:
                           drift_reference_s=round(time.perf_counter() - t0, 3))
 
         def record(session: Session) -> None:
-            jobs.update_artifacts(session, run.job_id, run.owner, {"drift_lineage": drift})
-            jobs.record_evaluation(session, run.job_id, run.owner, evaluation)
+            jobs.update_artifacts(session, run.job_id, run.owner, run.attempt,
+                                  {"drift_lineage": drift})
+            jobs.record_evaluation(session, run.job_id, run.owner, run.attempt, evaluation)
 
         rec.finish.append(record)
     return evaluation, drift
@@ -280,7 +281,7 @@ def run_register(run: StageRun, evaluation: dict[str, Any],
                                      version=version, metrics=evaluation["metrics"],
                                      passed=bool(evaluation.get("passed")), job_id=run.job_id)
             final_eval = {**evaluation, "decision": {"status": status, "reason": reason}}
-            jobs.succeed_job(session, run.job_id, run.owner, version=version,
+            jobs.succeed_job(session, run.job_id, run.owner, run.attempt, version=version,
                              evaluation=final_eval)
             rec.detail.update(status=status, reason=reason, version=version)
 

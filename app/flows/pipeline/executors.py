@@ -35,7 +35,7 @@ from app.services import jobs
 log = logging.getLogger("app.flows.pipeline")  # one logger for the whole pipeline
 
 
-def _fail(settings: Settings, job_id: str, owner: str, step: str | None,
+def _fail(settings: Settings, job_id: str, owner: str, attempt: int, step: str | None,
           exc: BaseException, label: str | None = None) -> None:
     """Record a permanent error as the job's failure (in its own transaction), unless the
     pool process is being terminated: then the error is the cancellation's, not the
@@ -50,7 +50,8 @@ def _fail(settings: Settings, job_id: str, owner: str, step: str | None,
         message = f"{where}{type(exc).__name__}: {exc}"
     try:
         with transaction(settings.database_url, immediate=True) as session:
-            jobs.fail_job(session, job_id, message, owner=owner, step=step)
+            jobs.fail_job(session, job_id, message, owner=owner, attempt=attempt,
+                          step=step)
     except Exception:  # the lease will expire and the reaper decides
         job_logger(log, job_id).exception("could not record the failure")
 
@@ -97,8 +98,9 @@ def execute_stage(settings: Settings, job_id: str, stage: JobStage | str,
         jl.info("stage %s already owned, done or moved on: nothing to do", stage.value)
         return "duplicate"
     run = StageRun(settings, job, owner)
+    attempt = run.attempt  # the fencing token: every write below names it
     try:
-        renew = lambda s: jobs.renew_stage_lease(s, settings, job_id, owner)  # noqa: E731
+        renew = lambda s: jobs.renew_stage_lease(s, settings, job_id, owner, attempt)  # noqa: E731
         with LeaseKeeper(settings, renew, jl) as keeper:
             run.keeper = keeper
             if stage == JobStage.PREPARE:
@@ -116,10 +118,10 @@ def execute_stage(settings: Settings, job_id: str, stage: JobStage | str,
         if is_transient(exc):
             jl.warning("transient error in %s (%s); retrying", run.current_step, exc)
             _release_for_retry(settings, jl, lambda s: jobs.release_stage_lease(
-                s, settings, job_id, owner))
+                s, settings, job_id, owner, attempt))
             raise
         jl.exception("step %s failed", run.current_step)
-        _fail(settings, job_id, owner, run.current_step, exc)
+        _fail(settings, job_id, owner, attempt, run.current_step, exc)
         return "failed"
     return "done"
 
@@ -139,14 +141,16 @@ def execute_work_item(settings: Settings, job_id: str, kind: WorkKind | str, fol
                 kind.value, fold)
         return "duplicate"
     step = "final_fit" if kind == WorkKind.FINAL else "train_folds"
+    attempt = int(claim["item"]["attempts"])  # the fencing token: every write names it
     try:
-        renew = lambda s: jobs.renew_item_lease(s, settings, job_id, kind, fold, owner)  # noqa: E731
+        renew = lambda s: jobs.renew_item_lease(  # noqa: E731
+            s, settings, job_id, kind, fold, owner, attempt)
         with LeaseKeeper(settings, renew, jl) as keeper:
             result = run_work_item(settings, claim, worker, keeper)
             keeper.check()
         with transaction(settings.database_url, immediate=True) as session:
             # The last item moves the job to evaluate; that message goes out on commit.
-            jobs.complete_work_item(session, settings, job_id, kind, fold, owner,
+            jobs.complete_work_item(session, settings, job_id, kind, fold, owner, attempt,
                                     clean(result))
     except jobs.LeaseLost as exc:
         jl.warning("stopped: %s", exc)
@@ -155,11 +159,11 @@ def execute_work_item(settings: Settings, job_id: str, kind: WorkKind | str, fol
         if is_transient(exc):
             jl.warning("transient error on %s %d (%s); retrying", kind.value, fold, exc)
             _release_for_retry(settings, jl, lambda s: jobs.release_item_lease(
-                s, settings, job_id, kind, fold, owner))
+                s, settings, job_id, kind, fold, owner, attempt))
             raise
         jl.exception("%s %d failed", kind.value, fold)
         label = f"{kind.value} {fold}" if kind != WorkKind.FINAL else None
-        _fail(settings, job_id, owner, step, exc, label)
+        _fail(settings, job_id, owner, attempt, step, exc, label)
         return "failed"
     return "done"
 

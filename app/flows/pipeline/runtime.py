@@ -126,7 +126,8 @@ class LeaseKeeper:
                 self.log.warning("lease renewal failed (%s: %s)", type(exc).__name__, exc)
                 continue
             if not ok and not self._stop.is_set():
-                self.log.warning("lease lost: another worker owns this work now")
+                # a stale attempt was logged `fencing: refused` by the renewal itself
+                self.log.warning("lease lost: this claim no longer holds the work")
                 self.lost.set()
                 return
 
@@ -158,6 +159,11 @@ class StageRun:
         return str(self.job["job_id"])
 
     @property
+    def attempt(self) -> int:
+        """This claim's attempt: the fencing token every write of the stage names."""
+        return int(self.job["attempts"])
+
+    @property
     def log(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
         return job_logger(log, self.job_id, owner=self.owner)
 
@@ -168,7 +174,8 @@ class StageRun:
         self.current_step = name
         url = self.settings.database_url
         with transaction(url, immediate=True) as session:
-            jobs.begin_step(session, self.settings, self.job_id, self.owner, name)
+            jobs.begin_step(session, self.settings, self.job_id, self.owner, self.attempt,
+                            name)
         self.log.info("step %s started", name)
         t0 = time.perf_counter()
         record = StepRecord()
@@ -178,7 +185,8 @@ class StageRun:
         record.detail.setdefault("seconds", round(time.perf_counter() - t0, 3))
         with transaction(url, immediate=True) as session:
             # Lease first; the callbacks may end it (the last step finishes the job).
-            jobs.hold_stage_lease(session, self.settings, self.job_id, self.owner)
+            jobs.hold_stage_lease(session, self.settings, self.job_id, self.owner,
+                                  self.attempt)
             for callback in record.finish:
                 callback(session)
             jobs.finish_step(session, self.job_id, name, detail=clean(record.detail))

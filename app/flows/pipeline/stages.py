@@ -201,7 +201,8 @@ def run_prepare(run: StageRun) -> None:
         "champion_folds": [f.to_dict() for f in champ_folds],
     }
     with transaction(settings.database_url, immediate=True) as session:
-        jobs.start_train_stage(session, settings, run.job_id, run.owner, items, clean(state))
+        jobs.start_train_stage(session, settings, run.job_id, run.owner, run.attempt, items,
+                               clean(state))
     run.log.info("fanned out %d work items", len(items))
 
 

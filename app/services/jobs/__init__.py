@@ -13,6 +13,7 @@ re-exports the public names so `from app.services import jobs; jobs.X` works):
 - creation.py   `create_training_job`, the one-active-job rule (`ActiveJobExists`)
 - evolve.py     the job row that mirrors a strategy search
 - state.py      claims, leases, steps, work items, the fan-in counter, succeed / fail
+- fencing.py    the claim's attempt as a fencing token checked in every worker write
 - dispatch.py   task names and queues, `Dispatch`, dispatch deadlines, what a job awaits
 - reaper.py     `reap`: lost leases and lost messages
 - views.py      the API shape, lists, counts, the facts behind the job metrics
@@ -70,6 +71,7 @@ from app.services.jobs.requests import (
     validate_training_request,
 )
 from app.services.jobs.state import (
+    FencingRefused,
     LeaseLost,
     begin_step,
     claim_stage,
@@ -108,7 +110,8 @@ from app.services.jobs.views import (
 
 __all__ = [
     "EVOLVE_FINAL_STEP", "MAX_SPAN_DAYS", "REAP_TASK", "STAGE_TASKS", "STEP_NAMES",
-    "STRATEGY_KEYS", "WORK_TASKS", "ActiveJobExists", "Dispatch", "JobNotFound", "LeaseLost",
+    "STRATEGY_KEYS", "WORK_TASKS", "ActiveJobExists", "Dispatch", "FencingRefused", "JobNotFound",
+    "LeaseLost",
     "ReapResult", "TrainingRequest", "begin_step", "claim_stage", "claim_work_item",
     "complete_work_item", "create_evolve_job", "create_training_job", "data_window",
     "end_step", "evolve_generation_completed", "evolve_generation_started",

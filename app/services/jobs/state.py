@@ -2,7 +2,9 @@
 
 Owns every transition a worker makes on a train job (see the package docstring for the
 states): `claim_stage` / `claim_work_item` (one conditional UPDATE each, so a duplicate
-delivery finds the lease held and exits), lease renewal and release, steps
+delivery finds the lease held and exits; the claim's `attempts` is its fencing token,
+which every later write of that worker names in its WHERE — app.services.jobs.fencing),
+lease renewal and release, steps
 (`begin_step` / `end_step` / `start_step` / `finish_step`), `start_train_stage` (the
 fan-out), `complete_work_item` (the fan-in counter), `record_evaluation`, `succeed_job`
 and `fail_job`, and `LeaseLost`. A transition that needs a worker registers its message
@@ -44,13 +46,18 @@ from app.services.jobs.dispatch import (
     lease_duration,
     stage_dispatch,
 )
+from app.services.jobs.fencing import (
+    FencingRefused,
+    LeaseLost,
+    item_fence,
+    refuse,
+    stage_fence,
+)
 from app.services.jobs.views import item_dict, job_snapshot
 
+__all__ = ["FencingRefused", "LeaseLost"]  # re-exported: callers catch them from here
+
 log = logging.getLogger("app.services.jobs")  # one logger for the whole job service
-
-
-class LeaseLost(RuntimeError):
-    """This worker no longer owns the job or work item (another one took over)."""
 
 
 def new_owner(worker: str) -> str:
@@ -120,35 +127,49 @@ def claim_stage(
 
 
 def renew_stage_lease(
-    session: Session, settings: Settings, job_id: str, owner: str, *, now: datetime | None = None
+    session: Session, settings: Settings, job_id: str, owner: str, attempt: int,
+    *, now: datetime | None = None,
 ) -> bool:
-    """Heartbeat: extend the job lease if `owner` still holds it."""
+    """Heartbeat: extend the job lease if this claim (`owner`, `attempt`) still holds it.
+    False when it does not (a stale attempt is logged `fencing: refused`)."""
     now = now or utcnow()
     result = session.execute(
         update(TrainingJob)
-        .where(TrainingJob.id == job_id, TrainingJob.lease_owner == owner,
-               TrainingJob.status == JobStatus.RUNNING)
+        .where(*stage_fence(job_id, owner, attempt))
         .values(lease_expires_at=now + lease_duration(settings))
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        return True
+    refuse(session, "lease renewal", job_id, owner, attempt)
+    return False
 
 
-def require_stage_lease(session: Session, job_id: str, owner: str) -> TrainingJob:
-    job = session.get(TrainingJob, job_id, populate_existing=True)
-    if job is None or job.lease_owner != owner or job.status != JobStatus.RUNNING:
-        raise LeaseLost(f"job {job_id}: lease no longer held by {owner}")
-    return job
+def hold_stage_lease(session: Session, settings: Settings, job_id: str, owner: str,
+                     attempt: int, *, now: datetime | None = None) -> None:
+    """The fence of a stage holder's write transaction: one UPDATE that renews the lease
+    only where this claim's owner and attempt still hold it (and locks the job row until
+    commit); FencingRefused / LeaseLost otherwise."""
+    now = now or utcnow()
+    result = session.execute(
+        update(TrainingJob)
+        .where(*stage_fence(job_id, owner, attempt))
+        .values(lease_expires_at=now + lease_duration(settings), updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise refuse(session, "write", job_id, owner, attempt)
 
 
 def release_stage_lease(session: Session, settings: Settings, job_id: str, owner: str,
-                        *, now: datetime | None = None) -> bool:
+                        attempt: int, *, now: datetime | None = None) -> bool:
     """Give the lease back without spending an attempt (transient error: a retry follows;
     if it never comes, the reaper republishes at the deadline)."""
     now = now or utcnow()
     result = session.execute(
         update(TrainingJob)
-        .where(TrainingJob.id == job_id, TrainingJob.lease_owner == owner)
+        .where(TrainingJob.id == job_id, TrainingJob.lease_owner == owner,
+               TrainingJob.attempts == int(attempt))
         .values(lease_owner=None, lease_expires_at=now + lease_duration(settings))
         .execution_options(synchronize_session=False)
     )
@@ -190,34 +211,35 @@ def finish_step(
     )
 
 
-def hold_stage_lease(session: Session, settings: Settings, job_id: str, owner: str,
-                     *, now: datetime | None = None) -> None:
-    """Check that `owner` still holds the job (LeaseLost otherwise) and renew the lease."""
-    require_stage_lease(session, job_id, owner)
-    renew_stage_lease(session, settings, job_id, owner, now=now)
-
-
-def begin_step(session: Session, settings: Settings, job_id: str, owner: str, name: str,
-               *, now: datetime | None = None) -> None:
-    """Mark a step running, checking (and renewing) the stage lease first."""
+def begin_step(session: Session, settings: Settings, job_id: str, owner: str, attempt: int,
+               name: str, *, now: datetime | None = None) -> None:
+    """Mark a step running, behind the stage's fence (which renews the lease)."""
     now = now or utcnow()
-    hold_stage_lease(session, settings, job_id, owner, now=now)
+    hold_stage_lease(session, settings, job_id, owner, attempt, now=now)
     start_step(session, job_id, name, now=now)
 
 
-def end_step(session: Session, settings: Settings, job_id: str, owner: str, name: str,
-             detail: Mapping[str, Any] | None = None, *, now: datetime | None = None) -> None:
-    """Mark a step succeeded, checking (and renewing) the stage lease first."""
+def end_step(session: Session, settings: Settings, job_id: str, owner: str, attempt: int,
+             name: str, detail: Mapping[str, Any] | None = None, *,
+             now: datetime | None = None) -> None:
+    """Mark a step succeeded, behind the stage's fence (which renews the lease)."""
     now = now or utcnow()
-    hold_stage_lease(session, settings, job_id, owner, now=now)
+    hold_stage_lease(session, settings, job_id, owner, attempt, now=now)
     finish_step(session, job_id, name, detail=detail, now=now)
 
 
-def update_artifacts(session: Session, job_id: str, owner: str, changes: Mapping[str, Any]) -> None:
-    """Merge `changes` into the job's artifact map (lease holder only)."""
-    job = require_stage_lease(session, job_id, owner)
-    job.artifacts = {**(job.artifacts or {}), **dict(changes)}
-    session.flush()
+def update_artifacts(session: Session, job_id: str, owner: str, attempt: int,
+                     changes: Mapping[str, Any]) -> None:
+    """Merge `changes` into the job's artifact map (this claim only: fenced UPDATE)."""
+    current = session.scalar(select(TrainingJob.artifacts).where(TrainingJob.id == job_id))
+    result = session.execute(
+        update(TrainingJob)
+        .where(*stage_fence(job_id, owner, attempt))
+        .values(artifacts={**(current or {}), **dict(changes)})
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise refuse(session, "artifacts update", job_id, owner, attempt)
 
 
 def start_train_stage(
@@ -225,6 +247,7 @@ def start_train_stage(
     settings: Settings,
     job_id: str,
     owner: str,
+    attempt: int,
     items: Sequence[tuple[WorkKind | str, int]],
     artifacts: Mapping[str, Any],
     *,
@@ -232,19 +255,21 @@ def start_train_stage(
 ) -> None:
     """End the prepare stage: record artifacts, create the work items, hand the job over to
     the fan-out (job lease released; each item gets a dispatch deadline and its message,
-    published after the commit)."""
+    published after the commit). One fenced UPDATE: a stale prepare changes nothing."""
     now = now or utcnow()
-    job = require_stage_lease(session, job_id, owner)
     if not items:
         raise ValueError("a train stage needs at least one work item")
-    job.artifacts = {**(job.artifacts or {}), **dict(artifacts)}
-    job.stage = JobStage.TRAIN
-    job.lease_owner = None
-    job.lease_expires_at = None
-    job.dispatches = 0
-    job.folds_total = len(items)
-    job.folds_done = 0
-    job.updated_at = now
+    current = session.scalar(select(TrainingJob.artifacts).where(TrainingJob.id == job_id))
+    handed = session.execute(
+        update(TrainingJob)
+        .where(*stage_fence(job_id, owner, attempt), TrainingJob.stage == JobStage.PREPARE)
+        .values(artifacts={**(current or {}), **dict(artifacts)}, stage=JobStage.TRAIN,
+                lease_owner=None, lease_expires_at=None, dispatches=0,
+                folds_total=len(items), folds_done=0, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if handed.rowcount != 1:  # type: ignore[attr-defined]
+        raise refuse(session, "fan-out", job_id, owner, attempt)
     deadline = dispatch_deadline(settings, now, 1)
     dispatches: list[Dispatch] = []
     for kind, fold in items:
@@ -326,30 +351,31 @@ def claim_work_item(
 
 def renew_item_lease(
     session: Session, settings: Settings, job_id: str, kind: WorkKind | str, fold: int,
-    owner: str, *, now: datetime | None = None,
+    owner: str, attempt: int, *, now: datetime | None = None,
 ) -> bool:
+    """Heartbeat of a work item; False (a stale attempt logged `fencing: refused`) when
+    this claim no longer holds it."""
     now = now or utcnow()
-    W = TrainingJobWorkItem
     result = session.execute(
-        update(W)
-        .where(W.job_id == job_id, W.kind == WorkKind(kind), W.fold == int(fold),
-               W.lease_owner == owner, W.status == WorkStatus.RUNNING)
+        update(TrainingJobWorkItem)
+        .where(*item_fence(job_id, kind, fold, owner, attempt))
         .values(lease_expires_at=now + lease_duration(settings))
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        return True
+    refuse(session, "lease renewal", job_id, owner, attempt, kind=kind, fold=fold)
+    return False
 
 
 def release_item_lease(
     session: Session, settings: Settings, job_id: str, kind: WorkKind | str, fold: int,
-    owner: str, *, now: datetime | None = None,
+    owner: str, attempt: int, *, now: datetime | None = None,
 ) -> bool:
     now = now or utcnow()
-    W = TrainingJobWorkItem
     result = session.execute(
-        update(W)
-        .where(W.job_id == job_id, W.kind == WorkKind(kind), W.fold == int(fold),
-               W.lease_owner == owner, W.status == WorkStatus.RUNNING)
+        update(TrainingJobWorkItem)
+        .where(*item_fence(job_id, kind, fold, owner, attempt))
         .values(lease_owner=None, status=WorkStatus.PENDING,
                 lease_expires_at=now + lease_duration(settings))
         .execution_options(synchronize_session=False)
@@ -364,31 +390,32 @@ def complete_work_item(
     kind: WorkKind | str,
     fold: int,
     owner: str,
+    attempt: int,
     result: Mapping[str, Any],
     *,
     now: datetime | None = None,
 ) -> bool:
     """Record a finished work item and count it into the fan-in.
 
-    Only the lease holder's first completion counts (conditional UPDATE), so a redelivered
-    or duplicate task never counts twice. The completion that brings `folds_done` to
-    `folds_total` moves the job to the evaluate stage, registers the evaluate task to be
-    published after the commit and returns True. Raises LeaseLost when this worker no
-    longer owns the item.
+    Only the lease holder's first completion counts (conditional UPDATE naming its owner
+    and attempt: the fence), so a redelivered, duplicate or stale task never counts. The
+    completion that brings `folds_done` to `folds_total` moves the job to the evaluate
+    stage, registers the evaluate task to be published after the commit and returns True.
+    Raises LeaseLost (FencingRefused for a stale attempt) when this claim no longer owns
+    the item.
     """
     now = now or utcnow()
     kind = WorkKind(kind)
     W = TrainingJobWorkItem
     done = session.execute(
         update(W)
-        .where(W.job_id == job_id, W.kind == kind, W.fold == int(fold),
-               W.lease_owner == owner, W.status == WorkStatus.RUNNING)
+        .where(*item_fence(job_id, kind, fold, owner, attempt))
         .values(status=WorkStatus.DONE, result=dict(result), finished_at=now,
                 lease_owner=None, lease_expires_at=None)
         .execution_options(synchronize_session=False)
     )
     if done.rowcount != 1:  # type: ignore[attr-defined]
-        raise LeaseLost(f"job {job_id}: {kind.value} {fold} no longer held by {owner}")
+        raise refuse(session, "completion", job_id, owner, attempt, kind=kind, fold=fold)
     # The fan-in counter: the UPDATE takes the job row's lock, so concurrent completions
     # serialize here and each reads the count including its own.
     counted = session.execute(
@@ -446,38 +473,43 @@ def _public_result(result: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def record_evaluation(
-    session: Session, job_id: str, owner: str, evaluation: Mapping[str, Any],
+    session: Session, job_id: str, owner: str, attempt: int, evaluation: Mapping[str, Any],
     *, now: datetime | None = None,
 ) -> None:
-    """Store the evaluation and move on to the register stage (same lease holder)."""
+    """Store the evaluation and move on to the register stage (this claim only)."""
     now = now or utcnow()
-    job = require_stage_lease(session, job_id, owner)
-    if job.stage != JobStage.EVALUATE:
-        raise LeaseLost(f"job {job_id} is in stage {job.stage.value}, not evaluate")
-    job.evaluation = dict(evaluation)
-    job.stage = JobStage.REGISTER
-    job.updated_at = now
-    session.flush()
+    result = session.execute(
+        update(TrainingJob)
+        .where(*stage_fence(job_id, owner, attempt), TrainingJob.stage == JobStage.EVALUATE)
+        .values(evaluation=dict(evaluation), stage=JobStage.REGISTER, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise refuse(session, "evaluation", job_id, owner, attempt)
+    job = session.get(TrainingJob, job_id, populate_existing=True)
+    assert job is not None
     job_event(session, "evaluation.completed", job, evaluation=job.evaluation)
 
 
 def succeed_job(
-    session: Session, job_id: str, owner: str, *, version: str | None,
+    session: Session, job_id: str, owner: str, attempt: int, *, version: str | None,
     evaluation: Mapping[str, Any] | None = None, now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Finish the job (lease holder only): succeeded, with the version it registered."""
+    """Finish the job (this claim only): succeeded, with the version it registered."""
     now = now or utcnow()
-    job = require_stage_lease(session, job_id, owner)
-    job.status = JobStatus.SUCCEEDED
-    job.stage = JobStage.DONE
-    job.version = version
+    values: dict[str, Any] = {
+        "status": JobStatus.SUCCEEDED, "stage": JobStage.DONE, "version": version,
+        "lease_owner": None, "lease_expires_at": None, "finished_at": now, "updated_at": now}
     if evaluation is not None:
-        job.evaluation = dict(evaluation)
-    job.lease_owner = None
-    job.lease_expires_at = None
-    job.finished_at = now
-    job.updated_at = now
-    session.flush()
+        values["evaluation"] = dict(evaluation)
+    result = session.execute(
+        update(TrainingJob).where(*stage_fence(job_id, owner, attempt)).values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise refuse(session, "completion", job_id, owner, attempt)
+    job = session.get(TrainingJob, job_id, populate_existing=True)
+    assert job is not None
     job_event(session, "training.completed", job, version=version)
     job_logger(log, job_id, version=version).info("job succeeded: version %s", version)
     return job_snapshot(job)
@@ -489,23 +521,33 @@ def fail_job(
     error: str,
     *,
     owner: str | None = None,
+    attempt: int | None = None,
     step: str | None = None,
     now: datetime | None = None,
 ) -> bool:
-    """Mark an active job failed with `error` (and the step that failed). With `owner`,
-    only if that worker still holds the job or one of its work items. False if nothing
-    changed (already finished, or the lease moved on)."""
+    """Mark an active job failed with `error` (and the step that failed). With `owner` and
+    `attempt` (a worker's failure), only if that claim still holds the job or one of its
+    work items — a fenced UPDATE, so a stale attempt cannot fail a job that moved on.
+    False if nothing changed (already finished, or the lease moved on)."""
     now = now or utcnow()
+    if owner is not None:
+        if attempt is None:
+            raise ValueError("a worker's failure names its claim's attempt (fencing token)")
+        W = TrainingJobWorkItem
+        held = session.execute(
+            update(TrainingJob).where(*stage_fence(job_id, owner, attempt))
+            .values(updated_at=now).execution_options(synchronize_session=False)
+        ).rowcount or session.execute(  # type: ignore[attr-defined]
+            update(W).where(W.job_id == job_id, W.lease_owner == owner,
+                            W.attempts == int(attempt), W.status == WorkStatus.RUNNING)
+            .values(lease_owner=None).execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        if not held:
+            refuse(session, "failure", job_id, owner, attempt)
+            return False
     job = session.get(TrainingJob, job_id, populate_existing=True)
     if job is None or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
         return False
-    if owner is not None and job.lease_owner != owner:
-        holds_item = session.scalars(
-            select(TrainingJobWorkItem.id).where(
-                TrainingJobWorkItem.job_id == job_id, TrainingJobWorkItem.lease_owner == owner)
-        ).first()
-        if holds_item is None:
-            return False
     job.status = JobStatus.FAILED
     job.error = error[:4000]
     job.lease_owner = None

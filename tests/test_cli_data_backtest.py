@@ -193,7 +193,9 @@ def test_backtest_does_not_import_web_queue_or_ml_stacks(
         f"sys.argv = ['clm', 'backtest', '--prices', {str(prices)!r}, "
         f"'--positions', {str(positions)!r}, '--json']\n"
         "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
-        "banned = ('flask', 'celery', 'sqlalchemy', 'xgboost', 'lightgbm', 'kombu', 'optuna')\n"
+        # pandas and pyarrow.compute: the start-up of `clm backtest` (issue 17)
+        "banned = ('flask', 'celery', 'sqlalchemy', 'xgboost', 'lightgbm', 'kombu', 'optuna',\n"
+        "          'pandas', 'pyarrow.compute', 'app.analysis.calendars')\n"
         "loaded = sorted(m for m in banned if m in sys.modules)\n"
         "print('LOADED:' + ','.join(loaded), file=sys.stderr)\n"
     )

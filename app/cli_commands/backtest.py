@@ -1,8 +1,9 @@
 """`clm backtest`: backtest a position file against an OHLCV price file (DESIGN.md model).
 
 Prints the metrics object with its promotion score. Starts fast: it imports only
-numpy/pandas/pyarrow and the pure modules (app.ml.backtest, app.ml.scoring, the
-importer) — never Flask, Celery, SQLAlchemy, XGBoost or LightGBM (a test checks).
+numpy, pyarrow (the CSV/Parquet parser) and the pure modules (app.ml.backtest,
+app.ml.scoring, the importer's array level) — never pandas, Flask, Celery, SQLAlchemy,
+XGBoost or LightGBM (a test checks); pandas loads only to word an error message.
 Bad input exits with status 2 and `FILE:LINE: reason` on stderr.
 """
 
@@ -47,30 +48,35 @@ def backtest(
 ) -> None:
     """Backtest POSITIONS against PRICES and print the metrics."""
     from app.ml.backtest import AlignmentError, align_positions, run_backtest
-    from app.ml.data.importer import DataValidationError, load_ohlcv, load_positions
+    from app.ml.data.importer import (
+        DataValidationError,
+        read_ohlcv_arrays,
+        read_positions_arrays,
+    )
     from app.ml.scoring import promotion_score
 
     try:
-        price_data = load_ohlcv(prices)  # timeframe inferred, spacing not enforced
-        pos = load_positions(positions)
+        # timeframe inferred, spacing not enforced; arrays, not frames: no pandas
+        price_data = read_ohlcv_arrays(prices)
+        pos_ns, pos = read_positions_arrays(positions)
     except DataValidationError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)
-    frame = price_data.frame
+    price_ts = price_data.ts_ns.view("datetime64[ns]")
     try:
-        align_positions(frame.index, pos.index)
+        align_positions(price_ts, pos_ns.view("datetime64[ns]"))
     except AlignmentError as exc:
         # positions file: header is line 1, so index i is line i + 2
         click.echo(f"{positions}:{exc.index + 2}: {exc}", err=True)
         sys.exit(2)
     try:
         result = run_backtest(
-            frame["close"].to_numpy(),
-            pos.to_numpy(),
+            price_data.cols["close"],
+            pos,
             fee_bps=fee_bps,
             slippage_bps=slippage_bps,
             periods_per_year=periods_per_year,
-            timestamps=frame.index,
+            timestamps=price_ts,
         )
     except ValueError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -82,7 +88,7 @@ def backtest(
         click.echo(json.dumps(metrics))
         return
     pf = metrics["profit_factor"]
-    click.echo(f"bars             {len(frame)} ({price_data.timeframe or 'irregular'})")
+    click.echo(f"bars             {len(price_ts)} ({price_data.timeframe or 'irregular'})")
     click.echo(f"periods/year     {result.periods_per_year:g}")
     click.echo(f"sharpe           {metrics['sharpe']:.4f}")
     click.echo(f"win_rate         {metrics['win_rate']:.4f}")

@@ -4,14 +4,18 @@ Prints the metrics object with its promotion score. Starts fast: it imports only
 numpy, pyarrow (the CSV/Parquet parser) and the pure modules (app.ml.backtest,
 app.ml.scoring, the importer's array level) — never pandas, Flask, Celery, SQLAlchemy,
 XGBoost or LightGBM (a test checks); pandas loads only to word an error message.
-Bad input exits with status 2 and `FILE:LINE: reason` on stderr.
+Bad input exits with status 2 and `FILE:LINE: reason` on stderr. Once the metrics are
+printed the process ends at once (`os._exit` after flushing): the interpreter's teardown
+of numpy's and pyarrow's state took ~90 ms, a sixth of the whole command (issue 17).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -86,9 +90,22 @@ def backtest(
     metrics["promotion_score"] = promotion_score(metrics)
     if as_json:
         click.echo(json.dumps(metrics))
-        return
+    else:
+        _print(metrics, result, len(price_ts), price_data.timeframe)
+    _exit_now()
+
+
+def _exit_now() -> None:
+    """End the process without the interpreter's teardown (nothing is left to clean up:
+    no files open for writing, no threads, no atexit work this command registered)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _print(metrics: dict[str, Any], result: Any, bars: int, timeframe: str | None) -> None:
     pf = metrics["profit_factor"]
-    click.echo(f"bars             {len(price_ts)} ({price_data.timeframe or 'irregular'})")
+    click.echo(f"bars             {bars} ({timeframe or 'irregular'})")
     click.echo(f"periods/year     {result.periods_per_year:g}")
     click.echo(f"sharpe           {metrics['sharpe']:.4f}")
     click.echo(f"win_rate         {metrics['win_rate']:.4f}")

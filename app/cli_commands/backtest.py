@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +60,28 @@ def backtest(
     )
     from app.ml.scoring import promotion_score
 
+    # The positions file is parsed on a thread while the prices file is parsed here
+    # (pyarrow's parser releases the GIL); a bad prices file is reported first, as when
+    # they were read one after the other.
+    read_pos: dict[str, Any] = {}
+
+    def positions_reader() -> None:
+        try:
+            read_pos["value"] = read_positions_arrays(positions)
+        except BaseException as exc:  # re-raised below, on the main thread
+            read_pos["error"] = exc
+
+    reader = threading.Thread(target=positions_reader, name="clm-read-positions")
+    reader.start()
     try:
         # timeframe inferred, spacing not enforced; arrays, not frames: no pandas
-        price_data = read_ohlcv_arrays(prices)
-        pos_ns, pos = read_positions_arrays(positions)
+        try:
+            price_data = read_ohlcv_arrays(prices)
+        finally:
+            reader.join()
+        if "error" in read_pos:
+            raise read_pos["error"]
+        pos_ns, pos = read_pos["value"]
     except DataValidationError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)

@@ -66,6 +66,9 @@ def breakdown(job: dict[str, Any], posted: datetime, seen: datetime) -> list[tup
         start, end = _at(step["started_at"]), _at(step["finished_at"])
         rows.append((f"hand-over -> {step['name']}", (start - prev).total_seconds()))
         rows.append((f"step {step['name']}", (end - start).total_seconds()))
+        for key, value in sorted((step.get("detail") or {}).items()):
+            if key.endswith("_s") and isinstance(value, (int, float)):  # the step's own timings
+                rows.append((f"    of which {key}", float(value)))
         prev = end
     rows.append(("last step -> job succeeded", (finished - prev).total_seconds()))
     rows.append(("succeeded -> client sees it (polls 0.1 s)", (seen - finished).total_seconds()))
@@ -182,7 +185,7 @@ def main() -> None:
     for what, secs in rows:
         print(f"  {what:<44} {secs:7.3f}s")
     handover = sum(v for w, v in rows if w.startswith("hand-over"))
-    edges = sum(v for w, v in rows if not w.startswith(("hand-over", "step ")))
+    edges = sum(v for w, v in rows if not w.startswith(("hand-over", "step ", "    of which")))
     print(f"  {'hand-overs between steps, total':<44} {handover:7.3f}s")
     print(f"  {'API + job end + polling, total':<44} {edges:7.3f}s")
 

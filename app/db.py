@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import get_settings
@@ -62,11 +63,50 @@ def build_engine(url: str, **kwargs: Any) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    ping_idle = not kwargs.get("pool_pre_ping", False)
     kwargs.setdefault("pool_size", 5)
     kwargs.setdefault("max_overflow", 10)
     kwargs.setdefault("pool_recycle", 1800)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if ping_idle:
+        _ping_when_idle(engine)
+    return engine
+
+
+# A pooled connection that was in use less than this long ago is handed out without a
+# ping. SQLAlchemy's pool_pre_ping pings on every checkout: a round-trip per unit of work,
+# two per authenticated request (token check + the view), ~20 % of a registry read's
+# database time on a busy 2-core box (docs/BENCHMARKS.md, issue 17). A connection that sat
+# idle longer (the server may have restarted or cut it meanwhile) is still pinged; one
+# the server dropped within the window fails its first statement, and SQLAlchemy then
+# invalidates the whole pool (the disconnect handling every engine has), so a restart
+# costs the requests of at most that window, answered 503 like during the outage.
+PING_IF_IDLE_S = 2.0
+_RETURNED_AT = "clm_returned_at"
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(_dbapi_conn: Any, record: Any) -> None:
+        record.info[_RETURNED_AT] = time.monotonic()  # brand new: no ping needed
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        if record is not None:
+            record.info[_RETURNED_AT] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        returned = record.info.get(_RETURNED_AT)
+        if returned is not None and time.monotonic() - returned < PING_IF_IDLE_S:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            # The pool discards this connection and checks out (connects) another.
+            raise DisconnectionError(f"pooled connection is dead: {exc}") from exc
+        if alive is False:
+            raise DisconnectionError("pooled connection is dead")
 
 
 def get_engine(url: str | None = None) -> Engine:
@@ -90,10 +130,22 @@ def dispose_engines() -> None:
             # close=False: the parent's connections must not be closed from the child.
             engine.dispose(close=pid == os.getpid())
         _engines.clear()
+        _factories.clear()
+
+
+_factories: dict[Engine, sessionmaker[Session]] = {}
 
 
 def session_factory(url: str | None = None) -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(url), expire_on_commit=False, autoflush=True)
+    """The engine's session factory, made once: a `sessionmaker` builds a Session subclass,
+    and a new class per unit of work re-resolves the ORM event dispatch each time (~0.3 ms
+    of every request, issue 17)."""
+    engine = get_engine(url)
+    factory = _factories.get(engine)
+    if factory is None:  # a race makes two equivalent factories: harmless
+        factory = sessionmaker(bind=engine, expire_on_commit=False, autoflush=True)
+        _factories[engine] = factory
+    return factory
 
 
 _ON_COMMIT_KEY = "clm_on_commit"
@@ -185,6 +237,16 @@ def transaction(url: str | None = None, *, immediate: bool = False,
     run_on_commit(session)
 
 
+@contextmanager
+def read_transaction(url: str | None = None) -> Iterator[Session]:
+    """A unit of work that only reads (GET views): on PostgreSQL its statements run in
+    autocommit, without the BEGIN and COMMIT round-trips. Nothing is lost by it: at
+    PostgreSQL's READ COMMITTED (CLM's level) every statement of a transaction takes its
+    own snapshot anyway, so several reads see exactly what they would inside one."""
+    with transaction(url, autocommit=True) as session:
+        yield session
+
+
 def is_sqlite_busy(exc: BaseException) -> bool:
     """SQLite's "database is locked" (SQLITE_BUSY, including WAL's BUSY_SNAPSHOT).
 
@@ -238,6 +300,7 @@ def _dispose_in_child() -> None:
     for engine in list(_engines.values()):
         engine.dispose(close=False)
     _engines.clear()
+    _factories.clear()
 
 
 register_fork_safety()

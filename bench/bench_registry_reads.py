@@ -1,11 +1,12 @@
 """Registry reads under concurrency: 20 HTTP clients reading versions through `clm serve`.
 
 Run: .venv/bin/python bench/bench_registry_reads.py [--clients 20] [--requests 20]
-         [--models 50] [--versions 20] [--repeat 3]
+         [--models 50] [--versions 20] [--repeat 3] [--workers 2] [--threads 8]
 
 PostgreSQL + Redis as deployed (a throw-away database and a private redis-server, see
-tests/support/private_services.benchmark_stack); `clm serve` (gunicorn, 2 workers × 8
-threads). The registry is seeded over HTTP with `--models` model ids × `--versions`
+tests/support/private_services.benchmark_stack); `clm serve` (gunicorn, `--workers`
+processes × `--threads` threads, default 2 × 8). The registry is seeded over HTTP with
+`--models` model ids × `--versions`
 versions, then every client sends `--requests` reads, cycling through the three reads a
 consumer makes: a version (GET /clm/models/{id}/versions/{v}), a model's production
 version, and a filtered listing (GET /clm/models?model_id=…&limit=20). Baseline, in the
@@ -107,6 +108,8 @@ def main() -> int:
     parser.add_argument("--models", type=int, default=50)
     parser.add_argument("--versions", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, default=8, help="threads per worker")
     args = parser.parse_args()
 
     from tests.support.private_services import PostgresUnavailable, benchmark_stack
@@ -126,7 +129,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
 
     _clm("db", "upgrade")
     token = _clm("token", "create", "--role", "admin", "--name", "bench").strip().splitlines()[-1]
-    with running_api(work / "logs") as base:
+    with running_api(work / "logs", workers=args.workers, threads=args.threads) as base:
         t0 = time.perf_counter()
         made = _seed(base, token, args.models, args.versions)
         print(f"seeded {len(made)} versions of {args.models} models in "

@@ -9,7 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.ml.data.importer import DataValidationError, load_ohlcv, load_positions
+from app.analysis import calendars
+from app.ml.data import importer
+from app.ml.data.importer import (
+    DataValidationError,
+    load_ohlcv,
+    load_positions,
+    read_ohlcv_arrays,
+    read_positions_arrays,
+)
 from app.ml.data.store import MarketDataStore
 
 HEADER = "timestamp,open,high,low,close,volume"
@@ -84,6 +92,56 @@ def test_iso_offsets_are_converted_to_utc_and_header_is_lenient(tmp_path: Path) 
     ]])
     frame = load_ohlcv(path, "1h").frame
     assert frame.index[0] == pd.Timestamp("2024-01-01T00:00Z")
+
+
+@pytest.mark.parametrize(
+    "stamps",
+    [
+        # the reader parses ISO text itself when the first value tells zoned/naive; any
+        # other mix falls back to the text path, and the result must be the same
+        ["2024-01-01T00:00:00Z", "2024-01-01T01:00:00", "2024-01-01T02:00:00+00:00"],
+        ["2024-01-01T00:00:00", "2024-01-01T01:00:00Z", "2024-01-01 02:00"],
+        ["2024-01-01T01:00:00+01:00", "2024-01-01T01:00:00Z", "2024-01-01T03:30:00+0130"],
+        ["2024-01-01", "2024-01-02", "2024-01-03T00:00:00Z"],
+        [" 2024-01-01T00:00:00Z", "2024-01-01T01:00:00Z ", "2024-01-01T02:00:00Z"],
+        ["2024-01-01T00:00:00.000000001Z", "2024-01-01T01:00:00.5Z", "2024-01-01T02:00:00Z"],
+    ],
+)
+def test_iso_timestamps_in_any_mix_read_as_utc(tmp_path: Path, stamps: list[str]) -> None:
+    rows = [f"{t},1,2,0.5,1.5,3" for t in stamps]
+    path = write(tmp_path, "a.csv", [HEADER, *rows])
+    expected = pd.to_datetime([t.strip() for t in stamps], utc=True, format="ISO8601")
+    result = load_ohlcv(path)
+    assert list(result.frame.index) == list(expected)
+    assert result.timestamp_units == ["iso"]
+    arrays = read_ohlcv_arrays(path)
+    assert arrays.ts_ns.tolist() == expected.as_unit("ns").asi8.tolist()
+    assert arrays.timestamp_units == ["iso"]
+
+
+def test_array_level_reads_what_the_frame_level_reads(tmp_path: Path) -> None:
+    rows = ohlcv_rows(30, ts=lambda t: pd.Timestamp(t, unit="s", tz="UTC")
+                      .strftime("%Y-%m-%dT%H:%M:%SZ"))
+    path = write(tmp_path, "a.csv", [HEADER, *rows[::-1], rows[0]])  # newest first + a dup
+    frame_level = load_ohlcv(path)
+    arrays = read_ohlcv_arrays(path)
+    assert arrays.reversed and frame_level.reversed and arrays.duplicates_dropped == 1
+    assert arrays.ts_ns.tolist() == frame_level.frame.index.as_unit("ns").asi8.tolist()
+    for col in importer.OHLCV_COLUMNS:
+        assert arrays.cols[col].tolist() == frame_level.frame[col].tolist()
+    assert arrays.lines.tolist() == frame_level.source_lines.tolist()
+    assert (arrays.timeframe, arrays.spacing_seconds) == ("1h", 3600.0)
+    pos_path = write(tmp_path, "p.csv", ["timestamp,position", "2024-01-01T00:00:00Z,0.5",
+                                         "2024-01-01T01:00:00Z,-1"])
+    ts_ns, pos = read_positions_arrays(pos_path)
+    series = load_positions(pos_path)
+    assert ts_ns.tolist() == series.index.as_unit("ns").asi8.tolist()
+    assert pos.tolist() == series.tolist() == [0.5, -1.0]
+
+
+def test_default_calendar_agrees_with_the_calendars_module() -> None:
+    # importer names the default itself so that importing it does not import pandas
+    assert importer.DEFAULT_CALENDAR == calendars.DEFAULT_CALENDAR
 
 
 def test_headerless_six_column_csv_is_read_positionally(tmp_path: Path) -> None:

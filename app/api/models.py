@@ -30,7 +30,7 @@ from app.core.config import Settings
 from app.core.domain import REGIME_PATTERN, ModelStatus, ModelType, Timeframe
 from app.core.errors import NotFound
 from app.core.timeutil import ensure_utc, isoformat, utcnow
-from app.db import transaction
+from app.db import read_transaction, transaction
 from app.services import registry, reports
 from app.services.status import collect_status
 
@@ -192,7 +192,7 @@ def list_versions() -> Any:
     q = parse_query(VersionListQuery)
     filters = registry.VersionQuery(**q.model_dump(exclude={"limit", "cursor"}))
     after_key = _after_key(q.cursor)
-    with transaction(_url()) as session:
+    with read_transaction(_url()) as session:
         items, next_key = registry.query_versions(
             session, filters, limit=q.limit, after_key=after_key
         )
@@ -243,7 +243,7 @@ def register_version() -> Any:
 )
 @require_role("viewer")
 def get_version(model_id: str, version: str) -> Any:
-    with transaction(_url()) as session:
+    with read_transaction(_url()) as session:
         return jsonify(registry.get_version(session, model_id, version, with_history=True))
 
 
@@ -258,7 +258,7 @@ def get_version(model_id: str, version: str) -> Any:
 )
 @require_role("viewer")
 def version_report(model_id: str, version: str) -> Any:
-    with transaction(_url()) as session:
+    with read_transaction(_url()) as session:
         return jsonify(reports.version_report(session, model_id, version))
 
 
@@ -331,7 +331,7 @@ def delete_version(model_id: str, version: str) -> Any:
 def production_at(model_id: str) -> Any:
     q = parse_query(ProductionQuery)
     at = q.at or utcnow()
-    with transaction(_url()) as session:
+    with read_transaction(_url()) as session:
         if not registry.model_known(session, model_id):
             raise NotFound(f"model {model_id!r} not found")
         found = registry.production_at(session, model_id, at)
@@ -407,7 +407,7 @@ def audit() -> Any:
     q = parse_query(AuditListQuery)
     filters = registry.AuditQuery(**q.model_dump(exclude={"limit", "cursor"}))
     after_key = _after_key(q.cursor)
-    with transaction(_url()) as session:
+    with read_transaction(_url()) as session:
         items, next_key = registry.query_audit(
             session, filters, limit=q.limit, after_key=after_key
         )
@@ -422,5 +422,5 @@ def audit() -> Any:
 )
 @require_role("viewer")
 def status() -> Any:
-    with transaction(_url()) as session:
+    with read_transaction(_url()) as session:
         return jsonify(collect_status(session, _settings()))

@@ -15,15 +15,26 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from app.core.domain import TIMEFRAMES
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas is imported inside the few functions that need it (error paths, the frame's
+# index), and pyarrow.compute (~80 ms to import) only where a column must be converted:
+# reading a clean CSV into arrays needs neither (`clm backtest` start-up).
+
+
+def _pc() -> Any:
+    import pyarrow.compute as pc
+
+    return pc
 
 OHLCV_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
 BINANCE_COLUMNS: tuple[str, ...] = (
@@ -59,6 +70,9 @@ _UNIT_BANDS: tuple[tuple[float, int, str], ...] = (
 )
 _INT_RE = re.compile(r"[+-]?\d+")
 _FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_ZONE_RE = re.compile(r"(Z|[+-]\d\d:?\d\d)$")  # an ISO time's UTC offset
+_EPOCH_TEXT = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"  # arrow (RE2) syntax, ASCII digits
+_EPOCH_TEXT_RE = re.compile(_EPOCH_TEXT, re.ASCII)  # the same, for one value in Python
 _BLOCK_SIZE = 8 << 20  # pyarrow CSV block: big enough to be fast, small enough for progress
 
 ProgressFn = Callable[[int], None]
@@ -188,6 +202,8 @@ def read_csv_like(
     wanted = [ts_col, *OHLCV_COLUMNS]
     table = parse_csv(source, names, wanted, skip, progress)
     ts_ns, units, cols = _convert_columns(path, table, ts_col, line_offset)
+    if pa.types.is_timestamp(table.schema.field(ts_col).type):
+        units = ["iso"]  # text in the file, parsed by the reader (see parse_csv)
     return ts_ns, cols, fmt, units, line_offset
 
 
@@ -214,10 +230,10 @@ def _convert_columns(
     errors: list[DataValidationError] = []
     if table.column(ts_col).null_count:
         # a blank line parses as a row of nulls: name it for what it is
-        empty_col = pc.is_null(table.column(ts_col))
+        empty_col = _pc().is_null(table.column(ts_col))
         for c in OHLCV_COLUMNS:
-            empty_col = pc.and_(empty_col, pc.is_null(table.column(c)))
-        empty = np.asarray(empty_col.to_numpy(zero_copy_only=False), dtype=bool)
+            empty_col = _pc().and_(empty_col, _pc().is_null(table.column(c)))
+        empty = np.asarray(arrow_to_numpy(empty_col), dtype=bool)
         # Blank lines at the end (editors, Excel, `echo >>`) carry no meaning: drop them.
         keep = len(empty)
         while keep and empty[keep - 1]:
@@ -261,7 +277,12 @@ def parse_csv(
     elif _FLOAT_RE.fullmatch(ts_sample.strip()):
         ts_type = pa.float64()
     else:
-        ts_type = pa.string()
+        # ISO text: the reader parses it with the same ISO 8601 parser as the string
+        # cast in `_text_to_ns` (zoned if the first value has an offset, else naive);
+        # any value it refuses sends the whole file down the text path below, so the
+        # result is the same as parsing strings, without a string column and a cast.
+        zoned = _ZONE_RE.search(ts_sample.strip()) is not None
+        ts_type = pa.timestamp("ns", "UTC") if zoned else pa.timestamp("ns")
     typed = {c: pa.float64() for c in wanted[1:]}
     typed[ts_col] = ts_type
     try:
@@ -393,10 +414,41 @@ def first_true(mask: np.ndarray) -> int | None:
     return i if mask[i] else None
 
 
+_NUMPY_OF_ARROW: dict[Any, Any] = {
+    pa.float64(): np.float64, pa.float32(): np.float32, pa.int64(): np.int64,
+    pa.int32(): np.int32, pa.uint64(): np.uint64, pa.uint32(): np.uint32,
+}
+
+
+def arrow_to_numpy(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A column as a numpy array, without pyarrow's own `to_numpy`: that imports pandas
+    (a third of a second) even for a plain float column. Null-free numbers and booleans
+    are read from the buffers; anything else goes through pyarrow (and pandas)."""
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    dtype = _NUMPY_OF_ARROW.get(col.type)
+    if pa.types.is_timestamp(col.type) and col.type.unit == "ns":
+        dtype = np.int64  # its storage: epoch nanoseconds
+    is_bool = pa.types.is_boolean(col.type)
+    if col.null_count or (dtype is None and not is_bool):
+        return col.to_numpy(zero_copy_only=False)
+    parts: list[np.ndarray] = []
+    for chunk in chunks:
+        buf = chunk.buffers()[1]
+        if is_bool:  # bit-packed, least significant bit first
+            bits = np.unpackbits(np.frombuffer(buf, dtype=np.uint8), bitorder="little")
+            parts.append(bits[chunk.offset:chunk.offset + len(chunk)].astype(bool))
+        else:
+            parts.append(np.frombuffer(buf, dtype=dtype, count=len(chunk),
+                                       offset=chunk.offset * np.dtype(dtype).itemsize))
+    if not parts:
+        return np.empty(0, dtype=bool if is_bool else dtype)
+    return np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+
+
 def _null_index(col: pa.ChunkedArray) -> int | None:
     if col.null_count == 0:
         return None
-    return first_true(pc.is_null(col).to_numpy(zero_copy_only=False))
+    return first_true(arrow_to_numpy(_pc().is_null(col)))
 
 
 def float_column(path: Path, col: pa.ChunkedArray, name: str, line_offset: int) -> np.ndarray:
@@ -405,9 +457,9 @@ def float_column(path: Path, col: pa.ChunkedArray, name: str, line_offset: int) 
     if i is not None:
         raise DataValidationError(path, i + line_offset, f"missing value in column {name!r}")
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        trimmed = pc.utf8_trim_whitespace(col)
+        trimmed = _pc().utf8_trim_whitespace(col)
         try:
-            col = pc.cast(trimmed, pa.float64())
+            col = _pc().cast(trimmed, pa.float64())
         except pa.ArrowInvalid:
             text = trimmed.to_numpy(zero_copy_only=False).astype(str)
             j = _first_bad_number(text)
@@ -416,13 +468,15 @@ def float_column(path: Path, col: pa.ChunkedArray, name: str, line_offset: int) 
                 reason += " (a decimal comma? use '.' as the decimal separator)"
             raise DataValidationError(path, j + line_offset, reason) from None
     try:
-        values = col.to_numpy(zero_copy_only=False)
+        values = arrow_to_numpy(col)
     except (pa.ArrowInvalid, TypeError):
-        values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+        values = arrow_to_numpy(_pc().cast(col, pa.float64()))
     return np.ascontiguousarray(values, dtype=np.float64)
 
 
 def _first_bad_number(text: np.ndarray) -> int:
+    import pandas as pd  # error path only
+
     coerced = pd.to_numeric(pd.Series(text, dtype=object), errors="coerce").to_numpy()
     literal_nan = np.isin(np.char.lower(text), ["nan", "+nan", "-nan"])
     bad = np.isnan(coerced.astype(np.float64)) & ~literal_nan
@@ -439,12 +493,14 @@ def timestamps_from_column(
         raise DataValidationError(path, i + line_offset, "missing timestamp")
     t = col.type
     if pa.types.is_timestamp(t):
-        ns = pc.cast(col, pa.timestamp("ns", t.tz)).cast(pa.int64())
-        return np.asarray(ns.to_numpy(zero_copy_only=False), dtype=np.int64), ["datetime"]
+        if t.unit == "ns":  # int64 nanoseconds since the epoch (UTC) already
+            return np.asarray(arrow_to_numpy(col), dtype=np.int64), ["datetime"]
+        ns = _pc().cast(col, pa.timestamp("ns", t.tz)).cast(pa.int64())
+        return np.asarray(arrow_to_numpy(ns), dtype=np.int64), ["datetime"]
     if pa.types.is_integer(t) or pa.types.is_floating(t):
-        return _epoch_to_ns(path, col.to_numpy(zero_copy_only=False), line_offset)
+        return _epoch_to_ns(path, arrow_to_numpy(col), line_offset)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return _text_to_ns(path, pc.utf8_trim_whitespace(col), line_offset)
+        return _text_to_ns(path, _pc().utf8_trim_whitespace(col), line_offset)
     raise DataValidationError(path, None, f"timestamp column has unsupported type {t}")
 
 
@@ -490,10 +546,12 @@ def _epoch_to_ns(path: Path, values: np.ndarray, line_offset: int) -> tuple[np.n
 def _text_to_ns(
     path: Path, col: pa.ChunkedArray, line_offset: int
 ) -> tuple[np.ndarray, list[str]]:
-    # Epoch numbers that arrived as text (the fast path fell back to strings).
-    numeric = pc.match_substring_regex(col, r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-    numeric_np = numeric.to_numpy(zero_copy_only=False)
-    if len(numeric_np) and numeric_np[0]:
+    # Epoch numbers that arrived as text (the fast path fell back to strings). The
+    # first value decides (checked alone: the whole column's regex costs ~0.1 µs a row).
+    first = col[0].as_py() if len(col) else None
+    if first is not None and _EPOCH_TEXT_RE.match(first):
+        numeric = _pc().match_substring_regex(col, _EPOCH_TEXT)
+        numeric_np = arrow_to_numpy(numeric)
         j = first_true(~numeric_np)
         if j is not None:
             bad = col[j].as_py() if isinstance(col, pa.Array) else col.take([j])[0].as_py()
@@ -501,18 +559,20 @@ def _text_to_ns(
                 path, j + line_offset, f"cannot parse timestamp {bad!r} as an epoch number"
             )
         try:
-            values = pc.cast(col, pa.int64()).to_numpy(zero_copy_only=False)
+            values = arrow_to_numpy(_pc().cast(col, pa.int64()))
         except pa.ArrowInvalid:
-            values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+            values = arrow_to_numpy(_pc().cast(col, pa.float64()))
         return _epoch_to_ns(path, values, line_offset)
     # ISO 8601: arrow's parser is fast; offsets → UTC, offset-less text is taken as UTC.
     for target in (pa.timestamp("ns", "UTC"), pa.timestamp("ns")):
         try:
-            ns = pc.cast(col, target).cast(pa.int64())
-            return np.asarray(ns.to_numpy(zero_copy_only=False), dtype=np.int64), ["iso"]
+            ns = _pc().cast(col, target).cast(pa.int64())
+            return np.asarray(arrow_to_numpy(ns), dtype=np.int64), ["iso"]
         except pa.ArrowInvalid:
             continue
     # Mixed styles or garbage: pandas parses per value and marks failures as NaT.
+    import pandas as pd
+
     text = col.to_numpy(zero_copy_only=False).astype(str)
     parsed = pd.to_datetime(
         pd.Series(text, dtype=object), utc=True, format="ISO8601", errors="coerce"
@@ -537,11 +597,15 @@ def format_range(low: float, high: float) -> str:
 
 
 def utc_index(ts_ns: np.ndarray) -> pd.DatetimeIndex:
+    import pandas as pd
+
     values = np.asarray(ts_ns, dtype=np.int64).view("datetime64[ns]")
     return pd.DatetimeIndex(values, name="timestamp").tz_localize("UTC")
 
 
 def index_ns(index: pd.DatetimeIndex) -> np.ndarray:
+    import pandas as pd
+
     return pd.DatetimeIndex(index).as_unit("ns").asi8
 
 
@@ -552,6 +616,8 @@ def median_spacing_seconds(ts_ns: np.ndarray) -> float | None:
 
 
 def format_ns(value: int | np.integer) -> str:
+    import pandas as pd  # error messages only
+
     return pd.Timestamp(int(value), unit="ns", tz="UTC").isoformat().replace("+00:00", "Z")
 
 

@@ -16,6 +16,10 @@ prices are refused.
 
 Everything is vectorized: pyarrow parses, numpy finds the first offending row, so
 millions of rows take seconds. The slow string path runs only to locate an error.
+
+Two levels: `read_ohlcv_arrays` / `read_positions_arrays` validate into numpy arrays and
+never import pandas (nor the trading calendars), so `clm backtest` starts fast;
+`load_ohlcv` / `load_positions` build the pandas frame or series on top of them.
 """
 
 from __future__ import annotations
@@ -23,11 +27,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
-from app.analysis.calendars import DEFAULT_CALENDAR, missing_open_bars
 from app.core.domain import TIMEFRAMES, timeframe_seconds
 from app.ml.data.formats import (
     OHLCV_COLUMNS,
@@ -52,17 +55,27 @@ from app.ml.data.formats import (
     utc_index,
 )
 
+if TYPE_CHECKING:  # pandas is imported only by the functions that build frames
+    import pandas as pd
+
+# app.analysis.calendars.DEFAULT_CALENDAR, named here so that importing this module does
+# not import the calendars (and pandas with them); a test checks the two agree.
+DEFAULT_CALENDAR = "24/7"
+
 __all__ = [
     "OHLCV_COLUMNS",
     "DataValidationError",
     "Gap",
     "ImportResult",
+    "OhlcvArrays",
     "find_gaps",
     "format_seconds",
     "frame_from_arrays",
     "infer_timeframe",
     "load_ohlcv",
     "load_positions",
+    "read_ohlcv_arrays",
+    "read_positions_arrays",
     "validate_bars",
 ]
 
@@ -73,6 +86,22 @@ class Gap:
     after: pd.Timestamp
     before: pd.Timestamp
     missing_bars: int
+
+
+@dataclass
+class OhlcvArrays:
+    """A validated OHLCV file as numpy arrays, before any pandas frame is built."""
+
+    ts_ns: np.ndarray  # int64 UTC epoch nanoseconds, strictly increasing
+    cols: dict[str, np.ndarray]  # OHLCV_COLUMNS -> float64
+    path: Path
+    format: str  # "csv" | "binance" | "parquet"
+    timeframe: str | None  # declared, else inferred from the median spacing (None if unknown)
+    spacing_seconds: float | None  # median bar spacing
+    timestamp_units: list[str]
+    lines: np.ndarray  # physical line (1-based, as in errors) of each row
+    reversed: bool = False
+    duplicates_dropped: int = 0
 
 
 @dataclass
@@ -124,6 +153,26 @@ def load_ohlcv(
     `progress(rows)` is called as row batches are parsed. `calendar`: the symbol's
     trading calendar (missing bars in closed sessions are not gaps).
     """
+    arrays = read_ohlcv_arrays(path, timeframe, progress=progress)
+    frame = frame_from_arrays(arrays.ts_ns, arrays.cols)
+    tf = arrays.timeframe
+    gaps: list[Gap] = []
+    missing = 0
+    offset = None
+    if tf is not None:
+        gaps, missing = find_gaps(frame.index, tf, calendar=calendar)
+        offset = (int(arrays.ts_ns[0]) % (timeframe_seconds(tf) * 1_000_000_000)) / 1e9
+    return ImportResult(
+        frame, arrays.path, arrays.format, tf, arrays.spacing_seconds, arrays.timestamp_units,
+        gaps, missing, source_lines=arrays.lines, reversed=arrays.reversed,
+        duplicates_dropped=arrays.duplicates_dropped, grid_offset_seconds=offset,
+    )
+
+
+def read_ohlcv_arrays(
+    path: str | Path, timeframe: str | None = None, *, progress: ProgressFn | None = None
+) -> OhlcvArrays:
+    """`load_ohlcv`'s reading and validation, into numpy arrays: no frame, no gap list."""
     p = Path(path)
     tf_seconds = timeframe_seconds(timeframe) if timeframe is not None else None
     if not p.is_file():
@@ -144,20 +193,10 @@ def load_ohlcv(
     lines = np.arange(len(ts_ns), dtype=np.int64) + line_offset
     ts_ns, cols, lines, was_reversed = _newest_first_reversed(ts_ns, cols, lines)
     ts_ns, cols, lines, dropped = _drop_identical_duplicates(ts_ns, cols, lines)
-    frame = _validate_ohlcv(p, ts_ns, cols, lines, tf_seconds)
+    _validate_ohlcv(p, ts_ns, cols, lines, tf_seconds)
     spacing = median_spacing_seconds(ts_ns)
     tf = timeframe if timeframe is not None else infer_timeframe(spacing)
-    gaps: list[Gap] = []
-    missing = 0
-    offset = None
-    if tf is not None:
-        gaps, missing = find_gaps(frame.index, tf, calendar=calendar)
-        offset = (int(ts_ns[0]) % (timeframe_seconds(tf) * 1_000_000_000)) / 1e9
-    return ImportResult(
-        frame, p, fmt, tf, spacing, units, gaps, missing,
-        source_lines=lines, reversed=was_reversed, duplicates_dropped=dropped,
-        grid_offset_seconds=offset,
-    )
+    return OhlcvArrays(ts_ns, cols, p, fmt, tf, spacing, units, lines, was_reversed, dropped)
 
 
 def validate_bars(
@@ -173,7 +212,8 @@ def validate_bars(
     if len(ts) == 0:
         raise DataValidationError(source, None, "no bars")
     ts, values, lines, _dropped = _drop_identical_duplicates(ts, values, lines)
-    return _validate_ohlcv(Path(source), ts, values, lines, timeframe_seconds(timeframe))
+    _validate_ohlcv(Path(source), ts, values, lines, timeframe_seconds(timeframe))
+    return frame_from_arrays(ts, values)
 
 
 def load_positions(path: str | Path) -> pd.Series:
@@ -182,6 +222,14 @@ def load_positions(path: str | Path) -> pd.Series:
     Refuses (DataValidationError with line) missing columns, unparseable values,
     NaN, positions outside [-1, 1], unsorted or duplicate timestamps.
     """
+    import pandas as pd
+
+    ts_ns, pos = read_positions_arrays(path)
+    return pd.Series(pos, index=utc_index(ts_ns), name="position")
+
+
+def read_positions_arrays(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """`load_positions` without pandas: (int64 UTC ns timestamps, float64 positions)."""
     p = Path(path)
     if not p.is_file():
         raise DataValidationError(p, None, "no such file")
@@ -219,11 +267,13 @@ def load_positions(path: str | Path) -> pd.Series:
     if errors:
         raise min(errors, key=lambda e: e.line if e.line is not None else 0)
     assert ts_ns is not None and pos is not None
-    return pd.Series(pos, index=utc_index(ts_ns), name="position")
+    return ts_ns, pos
 
 
 def frame_from_arrays(ts_ns: np.ndarray, cols: dict[str, np.ndarray]) -> pd.DataFrame:
     """Build the canonical frame (UTC ns DatetimeIndex `timestamp`, float64 OHLCV)."""
+    import pandas as pd
+
     data = {c: np.asarray(cols[c], dtype=np.float64) for c in OHLCV_COLUMNS}
     return pd.DataFrame(data, index=utc_index(ts_ns), columns=list(OHLCV_COLUMNS))
 
@@ -244,6 +294,10 @@ def find_gaps(index: pd.DatetimeIndex, timeframe: str, limit: int = 1000,
 
     Only bars the trading `calendar` expects count (app.analysis.calendars): an FX weekend
     or an exchange's nights and holidays are no gap."""
+    import pandas as pd
+
+    from app.analysis.calendars import missing_open_bars  # lazy: imports pandas
+
     step = timeframe_seconds(timeframe) * 1_000_000_000
     found, missing = missing_open_bars(index_ns(index), step, calendar, limit=limit)
     gaps = [Gap(pd.Timestamp(a, unit="ns", tz="UTC"), pd.Timestamp(b, unit="ns", tz="UTC"), m)
@@ -305,7 +359,7 @@ def _validate_ohlcv(
     cols: dict[str, np.ndarray],
     lines: np.ndarray,
     tf_seconds: int | None,
-) -> pd.DataFrame:
+) -> None:
     """Refuse the file at the first (physical) line with a problem; `lines[i]` is the
     line of row i (rows may have been reversed or de-duplicated)."""
     n = len(ts_ns)
@@ -357,7 +411,6 @@ def _validate_ohlcv(
 
     if tf_seconds is not None and n >= 2:
         _check_spacing(path, ts_ns, tf_seconds, lines)
-    return frame_from_arrays(ts_ns, cols)
 
 
 def _check_spacing(path: Path, ts_ns: np.ndarray, tf_seconds: int, lines: np.ndarray) -> None:

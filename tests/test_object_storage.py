@@ -17,7 +17,6 @@ import multiprocessing as mp
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -251,11 +250,8 @@ def _merge_many(env: dict[str, str], offset: int, rounds: int, go: str) -> None:
     """Merge `rounds` batches of 4 bars (interleaved with the other process's)."""
     settings = load_settings(env)
     store = MarketDataStore.from_settings(settings)
-    deadline = time.monotonic() + 60
-    while not Path(go).exists():  # start together: the merges must overlap in time
-        if time.monotonic() > deadline:
-            raise TimeoutError("no go signal")
-        time.sleep(0.01)
+    # Start together: the merges must overlap in time.
+    wait_for(Path(go).exists, timeout=60, interval=0.01, what="the go signal")
     for i in range(rounds):
         base = (i * 2 + offset) * 4
         store.merge("RACE", "1h", bars(range(base, base + 4)))

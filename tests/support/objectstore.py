@@ -14,12 +14,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.support.workers import wait_for
 
 # Fake credentials: moto accepts any, and they must never be a real account's.
 TEST_ENV = {"AWS_ACCESS_KEY_ID": "clm-test-key-id", "AWS_SECRET_ACCESS_KEY": "clm-test-secret",
@@ -47,20 +48,21 @@ class MotoServer:
                 [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, **TEST_ENV}, start_new_session=True)
-        deadline = time.monotonic() + ready_timeout
-        while True:
+        def answers() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"moto_server exited with {self.proc.returncode}: "
                                    f"{log_path.read_text(errors='replace')[-2000:]}")
             try:
                 with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=1):
-                    break
+                    return True
             except OSError:
-                if time.monotonic() > deadline:
-                    self.close()
-                    raise TimeoutError(
-                        f"moto_server did not answer in {ready_timeout:.0f}s") from None
-                time.sleep(0.1)
+                return False
+
+        try:
+            wait_for(answers, timeout=ready_timeout, what="moto_server to answer")
+        except TimeoutError:
+            self.close()
+            raise
 
     def client(self) -> Any:
         import boto3

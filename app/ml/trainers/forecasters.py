@@ -31,7 +31,7 @@ from app.ml.trainers import (
     validate_against,
 )
 from app.ml.trainers.sequence import forward_returns, lag_window
-from app.ml.trainers.torch_support import pack, torch_device, torch_session, unpack
+from app.ml.trainers.torch_support import pack, torch_device, torch_session, unpack_for
 
 __all__ = ["NHITS_PARAMS", "PATCHTST_PARAMS", "NHITSTrainer", "PatchTSTTrainer"]
 
@@ -162,13 +162,7 @@ class _Forecaster:
         return pack(model["module"].state_dict(), model["config"])
 
     def load(self, data: bytes) -> dict[str, Any]:
-        state, config = unpack(data)
-        if config.get("arch") != self.model_type:
-            raise ValueError(f"artifact holds a {config.get('arch')!r} model, not "
-                             f"{self.model_type!r}")
-        import torch
-
-        torch.manual_seed(0)  # construction draws initial weights, replaced just below
+        state, config = unpack_for(data, "arch", self.model_type)
         module = self._build(config["init"])
         module.load_state_dict(state, strict=True)
         module.eval()

@@ -25,7 +25,7 @@ import numpy as np
 
 from app.ml.trainers import ParamSpec, check_threads, policy_score, validate_against
 from app.ml.trainers.sequence import Standardizer, forward_returns
-from app.ml.trainers.torch_support import pack, torch_device, torch_session, unpack
+from app.ml.trainers.torch_support import pack, torch_device, torch_session, unpack_for
 
 __all__ = ["PPO_PARAMS", "SAC_PARAMS", "PPOPolicyTrainer", "SACPolicyTrainer"]
 
@@ -151,13 +151,7 @@ class _Policy:
         return pack(model["policy"].state_dict(), model["config"])
 
     def load(self, data: bytes) -> dict[str, Any]:
-        import torch
-
-        state, config = unpack(data)
-        if config.get("algo") != self.model_type:
-            raise ValueError(f"artifact holds a {config.get('algo')!r} policy, not "
-                             f"{self.model_type!r}")
-        torch.manual_seed(0)  # construction draws initial weights, replaced just below
+        state, config = unpack_for(data, "algo", self.model_type)
         policy = self._policy_class()(
             _observation_space(int(config["obs_dim"])), self._action_space(),
             lambda _progress: 0.0, net_arch=list(config["net_arch"]))

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEVICE_ENV", "pack", "torch_device", "torch_session", "unpack"]
+__all__ = ["DEVICE_ENV", "pack", "torch_device", "torch_session", "unpack", "unpack_for"]
 
 DEVICE_ENV = "CLM_DEVICE"
 _CONFIG_KEY = "clm_config"
@@ -79,3 +79,16 @@ def unpack(data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     if _CONFIG_KEY not in meta:
         raise ValueError("artifact is a safetensors file without a CLM config")
     return tensors, json.loads(meta[_CONFIG_KEY])
+
+
+def unpack_for(data: bytes, kind_key: str, expected: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`unpack`, refusing an artifact whose config[kind_key] is not `expected` (a model of
+    another type), with torch seeded so that building the module before its weights are
+    loaded draws the same (discarded) initial values every time."""
+    import torch
+
+    state, config = unpack(data)
+    if config.get(kind_key) != expected:
+        raise ValueError(f"artifact holds a {config.get(kind_key)!r} model, not {expected!r}")
+    torch.manual_seed(0)
+    return state, config
